@@ -136,12 +136,38 @@ export async function startServer({ timeoutMs = 20_000, extraArgs = [] } = {}) {
     clearTimeout(killer);
   }
 
+  /**
+   * Run `fn`; if it fails and the server has died meanwhile, report the
+   * server's death (with its output) instead of a confusing socket error.
+   */
+  async function explainFailure(fn) {
+    try {
+      return await fn();
+    } catch (err) {
+      await sleep(100);
+      assertAlive();
+      throw err;
+    }
+  }
+
+  /** Throw if the server process has exited (e.g. crashed during a test). */
+  function assertAlive() {
+    if (exited) {
+      throw new Error(
+        `arena server exited unexpectedly (code ${exitInfo.code}, signal ${exitInfo.signal}); ` +
+          `output tail:\n${log.slice(-4_000)}`,
+      );
+    }
+  }
+
   return {
     url: `http://127.0.0.1:${port}`,
     port,
     proc,
     output: () => log,
     exitInfo: () => exitInfo,
+    assertAlive,
+    explainFailure,
     stop,
   };
 }

@@ -92,6 +92,7 @@ afterEach(async () => {
     }
   }
   openClients.clear();
+  server?.assertAlive();
 });
 
 after(async () => {
@@ -100,9 +101,13 @@ after(async () => {
 
 /**
  * Join a room with the official client.
- * Returns { client, room, packets, id, pId, events, close }.
+ * Returns { client, room, packets, id, pId, me, events, close } once the
+ * first sync packet arrived and `hasPlayer(room, pId)` holds.
  */
-async function joinOfficial(roomId, { id = uniqueSessionId(), name, room = {} } = {}) {
+async function joinOfficial(
+  roomId,
+  { id = uniqueSessionId(), name, room = {}, hasPlayer = (r, pId) => r.players?.[pId] } = {},
+) {
   const packets = [];
   const events = { open: 0, close: 0, error: 0 };
   const client = await connectionRoom(
@@ -142,21 +147,23 @@ async function joinOfficial(roomId, { id = uniqueSessionId(), name, room = {} } 
     },
   };
   openClients.add(j);
-  await eventually(() => PID_RE.test(packets[0]?.pId ?? '') && room.players?.[packets[0].pId], 5_000, {
-    message: `official client in ${roomId} receives its pId and own player`,
-  });
+  await server.explainFailure(() =>
+    eventually(() => PID_RE.test(packets[0]?.pId ?? '') && hasPlayer(room, packets[0].pId), 5_000, {
+      message: `official client in ${roomId} receives its pId and own player`,
+    }),
+  );
   return j;
 }
 
 async function joinPlain(roomId, query) {
-  const c = await connectWs(server.port, roomId, query);
+  const c = await server.explainFailure(() => connectWs(server.port, roomId, query));
   const rawClose = c.close;
   c.close = async () => {
     openClients.delete(c);
     return rawClose();
   };
   openClients.add(c);
-  await c.waitFor((f) => f?.type === 'sync' && f.value?.pId, 5_000);
+  await server.explainFailure(() => c.waitFor((f) => f?.type === 'sync' && f.value?.pId, 5_000));
   return c;
 }
 
@@ -457,7 +464,7 @@ test('g. signal-based room instance (@signe/reactive, sync classType) is filled 
 
   const roomId = uniqueRoomId();
   const room = new Room();
-  const a = await joinOfficial(roomId, { name: 'Sig', room });
+  const a = await joinOfficial(roomId, { name: 'Sig', room, hasPlayer: (r, pId) => r.players()[pId] });
   assert.equal(room.pId(), a.pId);
   const me = room.players()[a.pId];
   assert.ok(me instanceof Player, 'players are created as Player instances');

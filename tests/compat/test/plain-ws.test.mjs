@@ -39,6 +39,7 @@ afterEach(async () => {
     }
   }
   openClients.clear();
+  server?.assertAlive();
 });
 
 after(async () => {
@@ -47,14 +48,14 @@ after(async () => {
 
 /** Connect and wait for the first sync frame (with pId). */
 async function join(roomId, query = {}) {
-  const c = await connectWs(server.port, roomId, query);
+  const c = await server.explainFailure(() => connectWs(server.port, roomId, query));
   const rawClose = c.close;
   c.close = async () => {
     openClients.delete(c);
     return rawClose();
   };
   openClients.add(c);
-  await c.waitFor((f) => f?.type === 'sync' && f.value?.pId !== undefined, 5_000);
+  await server.explainFailure(() => c.waitFor((f) => f?.type === 'sync' && f.value?.pId !== undefined, 5_000));
   return c;
 }
 

@@ -1,0 +1,102 @@
+//! Static options of a room type.
+
+use std::time::Duration;
+
+/// Options of a room type, the equivalent of `@Room({...})` in `@signe/room`.
+///
+/// ```
+/// use partyroom_room::RoomConfig;
+/// use std::time::Duration;
+/// let config = RoomConfig::new("game-{id}")
+///     .session_expiry(Duration::from_secs(2))
+///     .throttle_sync(Duration::from_millis(16))
+///     .max_users(4);
+/// assert_eq!(config.path(), "game-{id}");
+/// ```
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    pub(crate) path: String,
+    pub(crate) throttle_sync: Duration,
+    pub(crate) throttle_storage: Duration,
+    pub(crate) session_expiry: Option<Duration>,
+    pub(crate) max_users: Option<usize>,
+    pub(crate) outgoing_queue: usize,
+    pub(crate) max_message_bytes: usize,
+}
+
+impl RoomConfig {
+    /// A room type whose room ids match `path` (`{name}` segments capture `[A-Za-z0-9_-]+`).
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            throttle_sync: Duration::ZERO,
+            throttle_storage: Duration::ZERO,
+            session_expiry: Some(Duration::from_secs(300)),
+            max_users: None,
+            outgoing_queue: 1024,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+
+    /// The room id pattern.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Coalesce state patches: the first change after a quiet period is sent at once, later
+    /// ones are merged and sent `every` after it (spec 6.8). Zero (the default) sends a patch
+    /// after every handler.
+    #[must_use]
+    pub fn throttle_sync(mut self, every: Duration) -> Self {
+        self.throttle_sync = every;
+        self
+    }
+
+    /// Debounce storage writes: changes are written this long after the last one (spec 10.5).
+    #[must_use]
+    pub fn throttle_storage(mut self, after: Duration) -> Self {
+        self.throttle_storage = after;
+        self
+    }
+
+    /// How long a disconnected session (and its user) survives. Default 5 minutes.
+    #[must_use]
+    pub fn session_expiry(mut self, after: Duration) -> Self {
+        self.session_expiry = Some(after);
+        self
+    }
+
+    /// Sessions never expire.
+    #[must_use]
+    pub fn sessions_never_expire(mut self) -> Self {
+        self.session_expiry = None;
+        self
+    }
+
+    /// Refuse new users beyond this many (users with a live session, connected or not).
+    #[must_use]
+    pub fn max_users(mut self, max: usize) -> Self {
+        self.max_users = Some(max);
+        self
+    }
+
+    /// Frames a connection may have queued before it is considered too slow and closed
+    /// (close code 1013). Default 1024.
+    #[must_use]
+    pub fn outgoing_queue(mut self, frames: usize) -> Self {
+        self.outgoing_queue = frames.max(1);
+        self
+    }
+
+    /// Largest accepted client message in bytes; larger ones are dropped. Default 64 KiB.
+    #[must_use]
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The configured outgoing queue length.
+    pub fn outgoing_queue_len(&self) -> usize {
+        self.outgoing_queue
+    }
+}

@@ -1,0 +1,318 @@
+//! Handler registration: actions, the unhandled-action fallback, lifecycle hooks and HTTP
+//! routes of a room type.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use http::Method;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::context::{Cx, HttpCx};
+use crate::http::{IntoRoomResponse, RoomResponse, RoutePath};
+
+/// Why an action message was not run. Rejected messages change nothing, are logged at debug
+/// level and are otherwise dropped silently, as in `@signe/room` (spec 7.1); the connection
+/// stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Not a JSON object with a string `action`.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// No handler for the action and no fallback.
+    #[error("unknown action `{0}`")]
+    UnknownAction(String),
+    /// The value does not deserialize into the handler's input type.
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+    /// The value deserialized but failed validation.
+    #[error("validation failed: {0}")]
+    Validation(String),
+    /// A guard refused the message.
+    #[error("refused by a guard")]
+    Guard,
+    /// The message is larger than the room accepts.
+    #[error("message too large ({0} bytes)")]
+    TooLarge(usize),
+}
+
+/// Turns an action's raw `value` into the handler's input.
+///
+/// Implemented for [`Json<T>`](crate::Json) (any `DeserializeOwned`), [`Valid<T>`] (deserialized
+/// then validated with `garde`), [`serde_json::Value`] and `()` (ignores the value). A missing
+/// `value` reads as `null`.
+pub trait ActionInput: Sized {
+    /// Convert the raw value.
+    fn from_value(value: Option<&RawValue>) -> Result<Self, Rejection>;
+}
+
+fn deserialize<T: DeserializeOwned>(value: Option<&RawValue>) -> Result<T, Rejection> {
+    let text = value.map_or("null", RawValue::get);
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| Rejection::InvalidValue(e.to_string()))?;
+    T::deserialize(ObjectsOnly(value)).map_err(|e| Rejection::InvalidValue(e.to_string()))
+}
+
+/// A deserializer over a JSON value that refuses to read a struct from an array.
+///
+/// serde reads structs from sequences too (`[300, 300]` as `{x, y}`), which is not what an
+/// action schema means: `{x: number, y: number}` must be an object.
+struct ObjectsOnly(Value);
+
+impl<'de> serde::Deserializer<'de> for ObjectsOnly {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_any(v)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        if !self.0.is_object() {
+            return Err(serde::de::Error::invalid_type(
+                unexpected(&self.0),
+                &"an object",
+            ));
+        }
+        self.0.deserialize_struct(name, fields, v)
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_enum(name, variants, v)
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_option(v)
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_newtype_struct(name, v)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier ignored_any
+    }
+}
+
+fn unexpected(v: &Value) -> serde::de::Unexpected<'_> {
+    use serde::de::Unexpected;
+    match v {
+        Value::Null => Unexpected::Unit,
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(_) => Unexpected::Other("a number"),
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Object(_) => Unexpected::Map,
+    }
+}
+
+impl<T: DeserializeOwned> ActionInput for crate::http::Json<T> {
+    fn from_value(value: Option<&RawValue>) -> Result<Self, Rejection> {
+        deserialize(value).map(crate::http::Json)
+    }
+}
+
+impl ActionInput for Value {
+    fn from_value(value: Option<&RawValue>) -> Result<Self, Rejection> {
+        deserialize(value)
+    }
+}
+
+impl ActionInput for () {
+    fn from_value(_: Option<&RawValue>) -> Result<Self, Rejection> {
+        Ok(())
+    }
+}
+
+/// A value that was deserialized and then validated with [`garde::Validate`].
+///
+/// ```
+/// use partyroom_room::Valid;
+/// #[derive(serde::Deserialize, garde::Validate)]
+/// struct Rename { #[garde(length(min = 1, max = 40))] name: String }
+/// // Used as a handler argument: `|room, cx, Valid(r): Valid<Rename>| { ... }`
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Valid<T>(pub T);
+
+impl<T> ActionInput for Valid<T>
+where
+    T: DeserializeOwned + garde::Validate,
+    T::Context: Default,
+{
+    fn from_value(value: Option<&RawValue>) -> Result<Self, Rejection> {
+        let v: T = deserialize(value)?;
+        v.validate()
+            .map_err(|e| Rejection::Validation(e.to_string()))?;
+        Ok(Valid(v))
+    }
+}
+
+pub(crate) type ActionFn<R> =
+    Box<dyn Fn(&mut R, &mut Cx<'_>, Option<&RawValue>) -> Result<(), Rejection> + Send + Sync>;
+pub(crate) type FallbackFn<R> = Box<dyn Fn(&mut R, &mut Cx<'_>, &str, Value) + Send + Sync>;
+pub(crate) type HookFn<R> = Box<dyn Fn(&mut R, &mut Cx<'_>) + Send + Sync>;
+pub(crate) type RouteFn<R> = Box<dyn Fn(&mut R, &mut HttpCx<'_>) -> RoomResponse + Send + Sync>;
+
+pub(crate) struct Route<R> {
+    pub(crate) method: Method,
+    pub(crate) path: RoutePath,
+    pub(crate) handler: RouteFn<R>,
+}
+
+/// The handlers of a room type, registered once in [`crate::Room::handlers`].
+///
+/// ```
+/// use partyroom_room::{Handlers, Json, Room, RoomConfig, http::Text};
+/// use partyroom_state::State;
+///
+/// #[derive(State, Default, Clone)]
+/// struct Counter { count: i64 }
+///
+/// impl Room for Counter {
+///     fn config() -> RoomConfig { RoomConfig::new("counter-{id}") }
+///     fn handlers(h: &mut Handlers<Self>) {
+///         h.action("add", |room: &mut Self, _cx, Json(n): Json<i64>| room.count += n)
+///          .get("/count", |room: &Self, _cx| Json(room.count))
+///          .get("/hello", |_room: &Self, _cx| Text("hi".into()));
+///     }
+/// }
+/// ```
+pub struct Handlers<R> {
+    pub(crate) actions: HashMap<String, ActionFn<R>>,
+    pub(crate) fallback: Option<FallbackFn<R>>,
+    pub(crate) on_join: Option<HookFn<R>>,
+    pub(crate) on_leave: Option<HookFn<R>>,
+    pub(crate) routes: Vec<Route<R>>,
+}
+
+impl<R> Default for Handlers<R> {
+    fn default() -> Self {
+        Self {
+            actions: HashMap::new(),
+            fallback: None,
+            on_join: None,
+            on_leave: None,
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for Handlers<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut actions: Vec<_> = self.actions.keys().collect();
+        actions.sort();
+        f.debug_struct("Handlers")
+            .field("actions", &actions)
+            .field("fallback", &self.fallback.is_some())
+            .field(
+                "routes",
+                &self
+                    .routes
+                    .iter()
+                    .map(|r| format!("{} {:?}", r.method, r.path))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl<R: 'static> Handlers<R> {
+    /// Handle messages `{"action": name, "value": ...}`. The value is converted with
+    /// [`ActionInput`]; values that do not convert are dropped without running the handler.
+    /// Registering the same name again replaces the handler.
+    pub fn action<I, F>(&mut self, name: &str, handler: F) -> &mut Self
+    where
+        I: ActionInput + 'static,
+        F: Fn(&mut R, &mut Cx<'_>, I) + Send + Sync + 'static,
+    {
+        self.actions.insert(
+            name.to_owned(),
+            Box::new(move |room, cx, raw| {
+                let input = I::from_value(raw)?;
+                handler(room, cx, input);
+                Ok(())
+            }),
+        );
+        self
+    }
+
+    /// Handle actions that have no handler: receives the action name and its value
+    /// (`@UnhandledAction` in `@signe/room`).
+    pub fn fallback<F>(&mut self, handler: F) -> &mut Self
+    where
+        F: Fn(&mut R, &mut Cx<'_>, &str, Value) + Send + Sync + 'static,
+    {
+        self.fallback = Some(Box::new(handler));
+        self
+    }
+
+    /// Called for every accepted connection after its user exists and is marked connected.
+    /// Changes made here are part of the joining client's first packet.
+    pub fn on_join<F>(&mut self, hook: F) -> &mut Self
+    where
+        F: Fn(&mut R, &mut Cx<'_>) + Send + Sync + 'static,
+    {
+        self.on_join = Some(Box::new(hook));
+        self
+    }
+
+    /// Called when the last connection of a session closes (the user is already marked
+    /// disconnected).
+    pub fn on_leave<F>(&mut self, hook: F) -> &mut Self
+    where
+        F: Fn(&mut R, &mut Cx<'_>) + Send + Sync + 'static,
+    {
+        self.on_leave = Some(Box::new(hook));
+        self
+    }
+
+    /// Handle `method path` requests (`/users/:id` or `/users/{id}` capture parameters; the
+    /// whole path must match). The handler may change state; changes are synced as usual.
+    pub fn route<O, F>(&mut self, method: Method, path: &str, handler: F) -> &mut Self
+    where
+        O: IntoRoomResponse,
+        F: Fn(&mut R, &mut HttpCx<'_>) -> O + Send + Sync + 'static,
+    {
+        self.routes.push(Route {
+            method,
+            path: RoutePath::parse(path),
+            handler: Box::new(move |room, cx| handler(room, cx).into_room_response()),
+        });
+        self
+    }
+
+    /// A read-only `GET` route.
+    pub fn get<O, F>(&mut self, path: &str, handler: F) -> &mut Self
+    where
+        O: IntoRoomResponse,
+        F: Fn(&R, &mut HttpCx<'_>) -> O + Send + Sync + 'static,
+    {
+        self.route(Method::GET, path, move |room, cx| handler(room, cx))
+    }
+
+    /// A `POST` route.
+    pub fn post<O, F>(&mut self, path: &str, handler: F) -> &mut Self
+    where
+        O: IntoRoomResponse,
+        F: Fn(&mut R, &mut HttpCx<'_>) -> O + Send + Sync + 'static,
+    {
+        self.route(Method::POST, path, handler)
+    }
+}

@@ -1,0 +1,277 @@
+//! Room registry: parties (`main`, ...), the room types registered in each, and the live room
+//! instances, spawned on first use.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::actor::{ConnectError, RoomActor, RoomMsg};
+use crate::config::RoomConfig;
+use crate::conn::{ConnId, ConnectRequest};
+use crate::handler::Handlers;
+use crate::http::{RoomRequest, RoomResponse};
+use crate::pattern::{Params, PatternError, RoomPattern};
+use crate::room::Room;
+
+/// Mailbox size of a room: messages beyond it wait in the connection tasks (backpressure on
+/// the sockets), not in memory.
+const MAILBOX: usize = 1024;
+
+/// A cheap, cloneable handle to a live room instance.
+#[derive(Clone)]
+pub struct RoomHandle {
+    id: Arc<str>,
+    tx: mpsc::Sender<RoomMsg>,
+    config: Arc<RoomConfig>,
+}
+
+impl fmt::Debug for RoomHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoomHandle").field("id", &self.id).finish()
+    }
+}
+
+/// The room instance has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("room is gone")]
+pub struct RoomGone;
+
+impl RoomHandle {
+    /// The room id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The room type's options.
+    pub fn config(&self) -> &RoomConfig {
+        &self.config
+    }
+
+    /// Connect a client. On success the first packet is already queued on its channels.
+    pub async fn connect(&self, request: ConnectRequest) -> Result<ConnId, ConnectError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(RoomMsg::Connect(request, tx))
+            .await
+            .map_err(|_| ConnectError::RoomGone)?;
+        rx.await.map_err(|_| ConnectError::RoomGone)?
+    }
+
+    /// Deliver a text message from a client. Waits while the room's mailbox is full.
+    pub async fn message(&self, conn: ConnId, text: Bytes) -> Result<(), RoomGone> {
+        self.tx
+            .send(RoomMsg::Message(conn, text))
+            .await
+            .map_err(|_| RoomGone)
+    }
+
+    /// Tell the room a client went away.
+    pub async fn disconnect(&self, conn: ConnId) {
+        let _ = self.tx.send(RoomMsg::Disconnect(conn)).await;
+    }
+
+    /// Send an HTTP request to the room.
+    pub async fn request(&self, request: RoomRequest) -> Result<RoomResponse, RoomGone> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(RoomMsg::Request(request, tx))
+            .await
+            .map_err(|_| RoomGone)?;
+        rx.await.map_err(|_| RoomGone)
+    }
+
+    /// True once the room task has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// A registered room type, with its types erased.
+trait RoomKind: Send + Sync {
+    fn pattern(&self) -> &RoomPattern;
+    fn spawn(&self, id: &str, params: Params, seed: Option<u64>) -> RoomHandle;
+}
+
+struct Kind<R: Room> {
+    pattern: RoomPattern,
+    config: Arc<RoomConfig>,
+    handlers: Arc<Handlers<R>>,
+}
+
+impl<R: Room> RoomKind for Kind<R> {
+    fn pattern(&self) -> &RoomPattern {
+        &self.pattern
+    }
+
+    fn spawn(&self, id: &str, params: Params, seed: Option<u64>) -> RoomHandle {
+        let (tx, rx) = mpsc::channel(MAILBOX);
+        let id: Arc<str> = Arc::from(id);
+        let rng = seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        let actor = RoomActor::new(
+            id.clone(),
+            params,
+            self.config.clone(),
+            self.handlers.clone(),
+            rng,
+        );
+        tokio::spawn(actor.run(rx));
+        RoomHandle {
+            id,
+            tx,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// No room type of the party matches the id, or the party does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// Unknown party.
+    #[error("unknown party `{0}`")]
+    UnknownParty(String),
+    /// No room type's pattern matches the room id.
+    #[error("no room type matches `{0}`")]
+    NoMatch(String),
+}
+
+struct Party {
+    kinds: Vec<Box<dyn RoomKind>>,
+    /// Live instances. A std mutex: held only to look up or insert, never across `.await`.
+    live: Mutex<HashMap<String, RoomHandle>>,
+}
+
+/// All parties and their room types; the entry point of the runtime.
+///
+/// ```no_run
+/// # use partyroom_room::{Handlers, Room, RoomConfig, Rooms};
+/// # #[derive(partyroom_state::State, Default, Clone)] struct Arena { n: u32 }
+/// # impl Room for Arena { fn config() -> RoomConfig { RoomConfig::new("{id}") } fn handlers(_: &mut Handlers<Self>) {} }
+/// # async fn demo() {
+/// let rooms = Rooms::builder().room::<Arena>("main").unwrap().build();
+/// let handle = rooms.get("main", "lobby").unwrap();
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Rooms {
+    parties: Arc<HashMap<String, Party>>,
+    seed: Option<u64>,
+}
+
+impl fmt::Debug for Rooms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rooms")
+            .field("parties", &self.parties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Builds [`Rooms`].
+#[derive(Default)]
+pub struct RoomsBuilder {
+    parties: HashMap<String, Vec<Box<dyn RoomKind>>>,
+    seed: Option<u64>,
+}
+
+impl fmt::Debug for RoomsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoomsBuilder")
+            .field("parties", &self.parties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RoomsBuilder {
+    /// Register room type `R` in `party`. Types are tried in registration order; the first
+    /// whose pattern matches a room id serves it.
+    pub fn room<R: Room>(mut self, party: &str) -> Result<Self, PatternError> {
+        let config = R::config();
+        let pattern = RoomPattern::parse(config.path())?;
+        let mut handlers = Handlers::default();
+        R::handlers(&mut handlers);
+        self.parties
+            .entry(party.to_owned())
+            .or_default()
+            .push(Box::new(Kind::<R> {
+                pattern,
+                config: Arc::new(config),
+                handlers: Arc::new(handlers),
+            }));
+        Ok(self)
+    }
+
+    /// Seed every room's random source (public ids, handler randomness) for reproducible
+    /// tests. Room `n` (in creation order) gets `seed + n`.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Finish.
+    pub fn build(self) -> Rooms {
+        Rooms {
+            parties: Arc::new(
+                self.parties
+                    .into_iter()
+                    .map(|(name, kinds)| {
+                        (
+                            name,
+                            Party {
+                                kinds,
+                                live: Mutex::new(HashMap::new()),
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            seed: self.seed,
+        }
+    }
+}
+
+impl Rooms {
+    /// Start building.
+    pub fn builder() -> RoomsBuilder {
+        RoomsBuilder::default()
+    }
+
+    /// The live instance of a room, spawned if needed. Must be called inside a tokio runtime.
+    pub fn get(&self, party: &str, room_id: &str) -> Result<RoomHandle, LookupError> {
+        let p = self
+            .parties
+            .get(party)
+            .ok_or_else(|| LookupError::UnknownParty(party.to_owned()))?;
+        let mut live = p.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = live.get(room_id)
+            && !handle.is_closed()
+        {
+            return Ok(handle.clone());
+        }
+        let (kind, params) = p
+            .kinds
+            .iter()
+            .find_map(|k| k.pattern().matches(room_id).map(|params| (k, params)))
+            .ok_or_else(|| LookupError::NoMatch(room_id.to_owned()))?;
+        let seed = self.seed.map(|s| s.wrapping_add(live.len() as u64));
+        let handle = kind.spawn(room_id, params, seed);
+        live.insert(room_id.to_owned(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Whether a party exists.
+    pub fn has_party(&self, party: &str) -> bool {
+        self.parties.contains_key(party)
+    }
+
+    /// Number of live room instances.
+    pub fn live_rooms(&self) -> usize {
+        self.parties
+            .values()
+            .map(|p| p.live.lock().map(|l| l.len()).unwrap_or(0))
+            .sum()
+    }
+}

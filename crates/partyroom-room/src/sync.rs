@@ -1,0 +1,165 @@
+//! Sync scheduling (spec 6.8) and packet building.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use partyroom_state::patch::{can_merge, merge_patch};
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// Throttles state patches: leading edge sent at once, the rest merged and sent at the end of
+/// the window.
+#[derive(Debug)]
+pub(crate) struct SyncScheduler {
+    throttle: Duration,
+    pending: Option<Value>,
+    window_end: Option<Instant>,
+}
+
+impl SyncScheduler {
+    pub(crate) fn new(throttle: Duration) -> Self {
+        Self {
+            throttle,
+            pending: None,
+            window_end: None,
+        }
+    }
+
+    /// A new patch; returns the patches to send now, in order.
+    pub(crate) fn push(&mut self, patch: Value, now: Instant) -> Vec<Value> {
+        if self.throttle.is_zero() {
+            return vec![patch];
+        }
+        match self.window_end {
+            Some(end) if now < end => match self.pending.as_mut() {
+                None => {
+                    self.pending = Some(patch);
+                    Vec::new()
+                }
+                Some(pending) if can_merge(pending, &patch) => {
+                    merge_patch(pending, patch);
+                    Vec::new()
+                }
+                Some(_) => {
+                    let earlier = self.pending.replace(patch).expect("pending checked");
+                    vec![earlier]
+                }
+            },
+            _ => {
+                // Leading edge: a quiet period ended.
+                self.window_end = Some(now + self.throttle);
+                vec![patch]
+            }
+        }
+    }
+
+    /// When the trailing edge is due.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        if self.pending.is_some() {
+            self.window_end
+        } else {
+            None
+        }
+    }
+
+    /// The trailing edge: the merged patch, if any. A new window starts after it.
+    pub(crate) fn fire(&mut self, now: Instant) -> Option<Value> {
+        match self.window_end {
+            Some(end) if now >= end => {
+                let pending = self.pending.take();
+                self.window_end = pending.as_ref().map(|_| now + self.throttle);
+                pending
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `{"type":"sync","value":<patch>}`, serialized once.
+pub(crate) fn sync_packet(patch: &Value) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(br#"{"type":"sync","value":"#);
+    serde_json::to_writer(&mut out, patch).expect("a JSON value always serializes");
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// The first packet of a connection: `{"type":"sync","value":{"pId":"<id>", ...snapshot}}`.
+pub(crate) fn initial_packet(public_id: &str, snapshot: &Value) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(br#"{"type":"sync","value":{"pId":"#);
+    serde_json::to_writer(&mut out, public_id).expect("a string always serializes");
+    match snapshot {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k == "pId" {
+                    continue; // `pId` is reserved for the public id (quirk Q8 fixed)
+                }
+                out.push(b',');
+                serde_json::to_writer(&mut out, k).expect("a string always serializes");
+                out.push(b':');
+                serde_json::to_writer(&mut out, v).expect("a JSON value always serializes");
+            }
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"}}");
+    Bytes::from(out)
+}
+
+/// Any JSON value as a frame.
+pub(crate) fn json_frame(value: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("a JSON value always serializes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn packets() {
+        assert_eq!(
+            &sync_packet(&json!({"a":1}))[..],
+            br#"{"type":"sync","value":{"a":1}}"#
+        );
+        let p = initial_packet("AbCd1234", &json!({"count":0,"pId":"x"}));
+        let v: Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"sync","value":{"pId":"AbCd1234","count":0}})
+        );
+        let p = initial_packet("AbCd1234", &json!({}));
+        assert_eq!(&p[..], br#"{"type":"sync","value":{"pId":"AbCd1234"}}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_leading_and_trailing() {
+        let mut s = SyncScheduler::new(Duration::from_millis(50));
+        let t0 = Instant::now();
+        assert_eq!(s.push(json!({"a":1}), t0), vec![json!({"a":1})]);
+        assert!(s.push(json!({"a":2}), t0).is_empty());
+        assert!(s.push(json!({"b":3}), t0).is_empty());
+        assert!(s.push(json!({"a":4}), t0).is_empty());
+        assert_eq!(s.deadline(), Some(t0 + Duration::from_millis(50)));
+        assert_eq!(s.fire(t0 + Duration::from_millis(10)), None);
+        assert_eq!(
+            s.fire(t0 + Duration::from_millis(50)),
+            Some(json!({"a":4,"b":3}))
+        );
+        // Nothing pending at the end of the next window: the window closes.
+        assert_eq!(s.deadline(), None);
+        assert_eq!(s.fire(t0 + Duration::from_millis(100)), None);
+        assert_eq!(
+            s.push(json!({"c":1}), t0 + Duration::from_millis(200)),
+            vec![json!({"c":1})]
+        );
+    }
+
+    #[test]
+    fn unthrottled_sends_everything() {
+        let mut s = SyncScheduler::new(Duration::ZERO);
+        assert_eq!(s.push(json!({"a":1}), Instant::now()).len(), 1);
+        assert_eq!(s.deadline(), None);
+    }
+}
