@@ -26,6 +26,7 @@ mod pattern;
 mod registry;
 mod room;
 mod sync;
+pub mod testing;
 
 pub use actor::ConnectError;
 pub use config::RoomConfig;

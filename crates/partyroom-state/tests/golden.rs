@@ -415,7 +415,7 @@ fn sync_false_field_is_stored_not_synced() {
 fn user_join_field_change_and_removal() {
     let mut h = Harness::new(Room::default());
     assert_eq!(Room::USERS_FIELD, Some("users"));
-    assert!(Player::HAS_CONNECTED_FLAG);
+    const { assert!(Player::HAS_CONNECTED_FLAG) };
     // A join (4.4/6.6): the original sends one entry per field; partyroom sends the whole
     // user under the users field name in one patch. Q7 fixed: `items` is a JSON array, not
     // the index-keyed object `{}` of the original's shallow copy.
@@ -648,7 +648,7 @@ fn times_100(v: &i64) -> Value {
     json!(v * 100)
 }
 
-fn doubled(v: &Vec<i64>) -> Value {
+fn doubled(v: &[i64]) -> Value {
     Value::Array(v.iter().map(|x| json!(x * 2)).collect())
 }
 

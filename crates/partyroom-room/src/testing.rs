@@ -1,0 +1,203 @@
+//! An in-process test harness: rooms with no sockets, clients that send actions and read
+//! packets, and tokio's paused clock for throttles and expiry.
+//!
+//! ```
+//! use partyroom_room::testing::TestRoom;
+//! use partyroom_room::{Handlers, Json, Room, RoomConfig};
+//! use partyroom_state::State;
+//!
+//! #[derive(State, Default, Clone)]
+//! struct Counter { count: i64 }
+//!
+//! impl Room for Counter {
+//!     fn config() -> RoomConfig { RoomConfig::new("counter") }
+//!     fn handlers(h: &mut Handlers<Self>) {
+//!         h.action("increment", |room: &mut Self, _cx, ()| room.count += 1);
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let room = TestRoom::new::<Counter>("counter");
+//! let mut client = room.connect(None).await;
+//! client.send("increment", serde_json::Value::Null).await;
+//! room.settle().await;
+//! client.drain();
+//! assert_eq!(client.mirror().state()["count"], 1);
+//! # }
+//! ```
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use partyroom_state::{ClientMirror, Packet};
+use serde_json::Value;
+
+use crate::ConnectError;
+use crate::conn::{CloseFrame, ConnId, ConnectRequest, ConnectionChannels};
+use crate::http::{RoomRequest, RoomResponse};
+use crate::registry::{RoomHandle, Rooms};
+use crate::room::Room;
+
+/// A live room instance driven in-process.
+#[derive(Debug, Clone)]
+pub struct TestRoom {
+    rooms: Rooms,
+    handle: RoomHandle,
+}
+
+impl TestRoom {
+    /// Start room type `R` (in party `main`) with id `room_id`, random source seeded with 0.
+    pub fn new<R: Room>(room_id: &str) -> Self {
+        let rooms = Rooms::builder()
+            .room::<R>("main")
+            .expect("valid room pattern")
+            .seed(0)
+            .build();
+        Self::from_rooms(rooms, "main", room_id)
+    }
+
+    /// Drive a room of an existing registry.
+    pub fn from_rooms(rooms: Rooms, party: &str, room_id: &str) -> Self {
+        let handle = rooms
+            .get(party, room_id)
+            .expect("room id matches a registered room type");
+        Self { rooms, handle }
+    }
+
+    /// The registry (to reach other rooms).
+    pub fn rooms(&self) -> &Rooms {
+        &self.rooms
+    }
+
+    /// The room's handle.
+    pub fn handle(&self) -> &RoomHandle {
+        &self.handle
+    }
+
+    /// Connect a client with a session id (`?id=`), or a fresh session with `None`.
+    pub async fn connect(&self, session: Option<&str>) -> TestClient {
+        self.connect_with(session, &[])
+            .await
+            .expect("connection accepted")
+    }
+
+    /// Connect with query parameters; `Err` when the room refuses.
+    pub async fn connect_with(
+        &self,
+        session: Option<&str>,
+        query: &[(&str, &str)],
+    ) -> Result<TestClient, ConnectError> {
+        let query = query
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (req, channels) = ConnectRequest::new(
+            session.map(str::to_owned),
+            query,
+            HeaderMap::new(),
+            self.handle.config().outgoing_queue_len(),
+        );
+        let conn = self.handle.connect(req).await?;
+        Ok(TestClient {
+            conn,
+            handle: self.handle.clone(),
+            channels,
+            mirror: ClientMirror::new(),
+            received: Vec::new(),
+        })
+    }
+
+    /// Send an HTTP request to the room.
+    pub async fn request(&self, request: RoomRequest) -> RoomResponse {
+        self.handle.request(request).await.expect("room alive")
+    }
+
+    /// Wait until the room has processed everything sent to it so far.
+    pub async fn settle(&self) {
+        let _ = self
+            .handle
+            .request(RoomRequest::new(Method::OPTIONS, "/"))
+            .await;
+    }
+}
+
+/// One in-process client.
+#[derive(Debug)]
+pub struct TestClient {
+    conn: ConnId,
+    handle: RoomHandle,
+    channels: ConnectionChannels,
+    mirror: ClientMirror,
+    received: Vec<Value>,
+}
+
+impl TestClient {
+    /// The connection id.
+    pub fn id(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Send `{"action": action, "value": value}`.
+    pub async fn send(&self, action: &str, value: Value) {
+        let text = serde_json::json!({"action": action, "value": value}).to_string();
+        self.send_raw(text).await;
+    }
+
+    /// Send any text frame.
+    pub async fn send_raw(&self, text: impl Into<String>) {
+        let _ = self
+            .handle
+            .message(self.conn, Bytes::from(text.into()))
+            .await;
+    }
+
+    /// Take every frame received so far (parsed), applying sync packets to the mirror.
+    pub fn drain(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(frame) = self.channels.frames.try_recv() {
+            out.push(self.record(&frame));
+        }
+        out
+    }
+
+    /// Wait for the next frame.
+    pub async fn recv(&mut self) -> Option<Value> {
+        let frame = self.channels.frames.recv().await?;
+        Some(self.record(&frame))
+    }
+
+    fn record(&mut self, frame: &Bytes) -> Value {
+        let text = std::str::from_utf8(frame).expect("frames are UTF-8");
+        if self.mirror.apply_packet(text) == Packet::Invalid {
+            panic!("server sent a frame that is not a JSON object: {text}");
+        }
+        let value: Value = serde_json::from_str(text).expect("frames are JSON");
+        self.received.push(value.clone());
+        value
+    }
+
+    /// Everything received so far, in order.
+    pub fn received(&self) -> &[Value] {
+        &self.received
+    }
+
+    /// The client-side state built from the sync packets received (as the official client
+    /// builds it).
+    pub fn mirror(&self) -> &ClientMirror {
+        &self.mirror
+    }
+
+    /// The public id from the first packet.
+    pub fn pid(&self) -> Option<&str> {
+        self.mirror.pid()
+    }
+
+    /// Whether the room closed this connection, and why.
+    pub fn closed(&mut self) -> Option<CloseFrame> {
+        self.channels.close.try_recv().ok()
+    }
+
+    /// Close the connection (as a socket close would).
+    pub async fn close(self) {
+        self.handle.disconnect(self.conn).await;
+    }
+}

@@ -1,0 +1,344 @@
+//! The server over real sockets on 127.0.0.1:0: URL handling, WebSocket lifecycle, HTTP to
+//! rooms, and bad input of every kind.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use partyroom_room::{Handlers, HttpCx, Json, Room, RoomConfig, RoomResponse, Rooms};
+use partyroom_server::Server;
+use partyroom_state::{State, StateMap};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+#[derive(State, Default, Clone)]
+struct Player {
+    name: String,
+    #[state(connected)]
+    online: bool,
+}
+
+#[derive(State, Default, Clone)]
+struct Game {
+    count: i64,
+    #[state(users)]
+    users: StateMap<Player>,
+}
+
+#[derive(serde::Deserialize, garde::Validate)]
+struct AddBody {
+    #[garde(range(min = 1, max = 100))]
+    n: i64,
+}
+
+impl Room for Game {
+    fn config() -> RoomConfig {
+        RoomConfig::new("game-{id}").max_users(3)
+    }
+    fn handlers(h: &mut Handlers<Self>) {
+        h.action("inc", |g: &mut Self, _cx, ()| g.count += 1)
+            .get("/status", |g: &Self, cx: &mut HttpCx<'_>| {
+                Json(json!({"count": g.count, "room": cx.room_id(), "id": cx.param("id")}))
+            })
+            .get("/users/:id", |g: &Self, cx: &mut HttpCx<'_>| {
+                let id = cx.path_param("id").unwrap_or_default();
+                match g.users.get(id) {
+                    Some(u) => RoomResponse::success(&json!({"name": u.name})),
+                    None => RoomResponse::not_found(Some("User not found")),
+                }
+            })
+            .post("/add", |g: &mut Self, cx: &mut HttpCx<'_>| {
+                let body: AddBody = cx.valid_json()?;
+                g.count += body.n;
+                Ok::<_, RoomResponse>(Json(json!({"count": g.count})))
+            });
+    }
+}
+
+/// Users without a connected flag: leaving is announced with `user_disconnected`.
+#[derive(State, Default, Clone)]
+struct Plain {
+    #[state(users)]
+    users: StateMap<Nameless>,
+}
+
+#[derive(State, Default, Clone)]
+struct Nameless {
+    n: i64,
+}
+
+impl Room for Plain {
+    fn config() -> RoomConfig {
+        RoomConfig::new("plain")
+    }
+    fn handlers(_: &mut Handlers<Self>) {}
+}
+
+/// No users collection at all.
+#[derive(State, Default, Clone)]
+struct Counter {
+    n: i64,
+}
+
+impl Room for Counter {
+    fn config() -> RoomConfig {
+        RoomConfig::new("counter")
+    }
+    fn handlers(_: &mut Handlers<Self>) {}
+}
+
+async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let rooms = Rooms::builder()
+        .room::<Game>("main")
+        .unwrap()
+        .room::<Plain>("main")
+        .unwrap()
+        .room::<Counter>("main")
+        .unwrap()
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(Server::new(rooms).serve(listener, async move {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn ws(addr: SocketAddr, path: &str) -> Ws {
+    let (ws, _) = connect_async(format!("ws://{addr}{path}")).await.unwrap();
+    ws
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("stream open")
+            .expect("no error");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("JSON frame");
+        }
+    }
+}
+
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code.into()),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) | Ok(None) => return None,
+            Err(_) => panic!("no close within 5 s"),
+        }
+    }
+}
+
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status: u16 = out[9..12].parse().unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[tokio::test]
+async fn websocket_lifecycle_over_real_sockets() {
+    let (addr, _stop) = start().await;
+    let mut a = ws(addr, "/parties/main/game-1?id=sess-a").await;
+    let first = next_json(&mut a).await;
+    let pid = first["value"]["pId"].as_str().unwrap().to_owned();
+    assert_eq!(first["value"]["users"][&pid]["online"], true);
+
+    // `_pk` (what the official client sends) is the session id too.
+    let mut a2 = ws(addr, "/parties/main/game-1?_pk=sess-a").await;
+    assert_eq!(next_json(&mut a2).await["value"]["pId"], pid.as_str());
+
+    a.send(Message::text(r#"{"action":"inc"}"#)).await.unwrap();
+    assert_eq!(
+        next_json(&mut a).await,
+        json!({"type":"sync","value":{"count":1}})
+    );
+    assert_eq!(
+        next_json(&mut a2).await,
+        json!({"type":"sync","value":{"count":1}})
+    );
+
+    // Bad frames change nothing and keep the socket open.
+    for bad in ["nope", "[]", "{}", r#"{"action":"zzz"}"#] {
+        a.send(Message::text(bad)).await.unwrap();
+    }
+    a.send(Message::binary(b"\xff\xfe".to_vec())).await.unwrap();
+    a.send(Message::text(r#"{"action":"inc"}"#)).await.unwrap();
+    assert_eq!(
+        next_json(&mut a).await,
+        json!({"type":"sync","value":{"count":2}})
+    );
+
+    // Closing one tab of the session changes nothing for the others; closing the last one
+    // marks the user offline.
+    let mut b = ws(addr, "/parties/main/game-1?id=sess-b").await;
+    next_json(&mut b).await;
+    a2.close(None).await.unwrap();
+    a.close(None).await.unwrap();
+    assert_eq!(
+        next_json(&mut b).await,
+        json!({"type":"sync","value":{"users":{ &pid: {"online": false}}}})
+    );
+}
+
+#[tokio::test]
+async fn oversize_frames_close_that_socket_only() {
+    let (addr, _stop) = start().await;
+    let mut a = ws(addr, "/parties/main/game-2?id=a").await;
+    next_json(&mut a).await;
+    let mut b = ws(addr, "/parties/main/game-2?id=b").await;
+    next_json(&mut b).await;
+    next_json(&mut a).await; // b joined
+    let huge = format!(r#"{{"action":"inc","pad":"{}"}}"#, "x".repeat(100_000));
+    let _ = a.send(Message::text(huge)).await;
+    let code = close_code(&mut a).await;
+    assert!(
+        code.is_none() || code == Some(1009),
+        "closed as too big: {code:?}"
+    );
+    b.send(Message::text(r#"{"action":"inc"}"#)).await.unwrap();
+    let mut got = next_json(&mut b).await;
+    while got["value"]["count"].is_null() {
+        got = next_json(&mut b).await; // a's departure
+    }
+    assert_eq!(got["value"]["count"], 1);
+}
+
+#[tokio::test]
+async fn room_full_is_refused_with_a_reason() {
+    let (addr, _stop) = start().await;
+    let mut keep = Vec::new();
+    for i in 0..3 {
+        let mut c = ws(addr, &format!("/parties/main/game-3?id=s{i}")).await;
+        next_json(&mut c).await;
+        keep.push(c);
+    }
+    let mut late = ws(addr, "/parties/main/game-3?id=late").await;
+    assert_eq!(close_code(&mut late).await, Some(4003));
+}
+
+#[tokio::test]
+async fn user_disconnected_and_rooms_without_users() {
+    let (addr, _stop) = start().await;
+    let mut a = ws(addr, "/parties/main/plain?id=a").await;
+    next_json(&mut a).await;
+    let mut b = ws(addr, "/parties/main/plain?id=b").await;
+    let pid_b = next_json(&mut b).await["value"]["pId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    next_json(&mut a).await; // b's user entry
+    b.close(None).await.unwrap();
+    assert_eq!(
+        next_json(&mut a).await,
+        json!({"type":"user_disconnected","value":{"publicId": pid_b}})
+    );
+
+    let mut c1 = ws(addr, "/parties/main/counter?id=same").await;
+    let mut c2 = ws(addr, "/parties/main/counter?id=same").await;
+    let p1 = next_json(&mut c1).await["value"]["pId"].clone();
+    let p2 = next_json(&mut c2).await["value"]["pId"].clone();
+    assert_ne!(p1, p2, "no users collection: every socket is its own user");
+}
+
+#[tokio::test]
+async fn bad_urls_and_unknown_rooms() {
+    let (addr, _stop) = start().await;
+    for (path, status) in [
+        ("/parties/main/game-1%zz/status", 400),
+        ("/parties/main/%ff/status", 400),
+        ("/parties/main//status", 400),
+        ("/parties/main/", 400),
+        ("/parties/main/a%2Fb", 400),
+        (&*format!("/parties/main/{}", "a".repeat(200)), 400),
+        ("/parties/nope/game-1/status", 404),
+        ("/parties/main/unknown.room/status", 404),
+        ("/nothing/here", 404),
+    ] {
+        let (got, _, _) = http(addr, "GET", path, None).await;
+        assert_eq!(got, status, "{path}");
+    }
+    // A WebSocket to a room id no room type matches is refused before the upgrade.
+    let err = connect_async(format!("ws://{addr}/parties/main/nomatch")).await;
+    assert!(err.is_err());
+    let err = connect_async(format!("ws://{addr}/parties/main/game-1%zz")).await;
+    assert!(err.is_err());
+}
+
+#[tokio::test]
+async fn http_routes_bodies_and_cors() {
+    let (addr, _stop) = start().await;
+    let (s, head, body) = http(addr, "GET", "/parties/main/game-7/status", None).await;
+    assert_eq!(s, 200);
+    assert!(head.contains("access-control-allow-origin: *"));
+    assert!(head.contains("content-type: application/json"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"count":0,"room":"game-7","id":"7"})
+    );
+    // Exact matching: no prefix routes (quirk Q18 fixed).
+    assert_eq!(
+        http(addr, "GET", "/parties/main/game-7/statusXYZ", None)
+            .await
+            .0,
+        404
+    );
+    let (s, _, body) = http(addr, "GET", "/parties/main/game-7/nope", None).await;
+    assert_eq!((s, body.as_str()), (404, r#"{"error":"Not found"}"#));
+    let (s, _, body) = http(addr, "GET", "/parties/main/game-7/users/none", None).await;
+    assert_eq!((s, body.as_str()), (404, r#"{"error":"User not found"}"#));
+
+    let (s, _, body) = http(addr, "POST", "/parties/main/game-7/add", Some(r#"{"n":5}"#)).await;
+    assert_eq!((s, body.as_str()), (200, r#"{"count":5}"#));
+    let (s, _, body) = http(addr, "POST", "/parties/main/game-7/add", Some("{oops")).await;
+    assert_eq!(
+        (s, body.as_str()),
+        (400, r#"{"error":"Failed to parse request body"}"#)
+    );
+    let (s, _, body) = http(
+        addr,
+        "POST",
+        "/parties/main/game-7/add",
+        Some(r#"{"n":"x"}"#),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "Invalid request body");
+    assert!(v["details"].is_object());
+    let (s, _, body) = http(
+        addr,
+        "POST",
+        "/parties/main/game-7/add",
+        Some(r#"{"n":1000}"#),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+
+    let (s, head, body) = http(addr, "OPTIONS", "/parties/main/anything/at/all", None).await;
+    assert_eq!((s, body.as_str()), (200, "{}"));
+    assert!(head.contains("access-control-allow-methods: get, post, put, delete, patch, options"));
+}
