@@ -174,7 +174,7 @@ async function waitForPlayer(page, id, want, what) {
   }
 }
 
-test('two browsers in one room see each other move', { timeout: 60_000 }, async () => {
+test('two browsers in one room see each other move', { timeout: 60_000 }, async (t) => {
   const room = `browser-${randomBytes(5).toString('hex')}`;
   const url = `${baseUrl}/rooms/${room}`;
   const tag = randomBytes(2).toString('hex');
@@ -205,6 +205,7 @@ test('two browsers in one room see each other move', { timeout: 60_000 }, async 
       `player 1 moves to the clicked point (${target.x}, ${target.y})`,
     );
     assert.ok(Math.abs(afterClick.x - target.x) <= tol && Math.abs(afterClick.y - target.y) <= tol);
+    t.diagnostic(`click at arena (${target.x}, ${target.y}) -> page 2 sees (${afterClick.x}, ${afterClick.y})`);
 
     // --- real keyboard input: hold ArrowRight for ~300 ms on page 1 ---
     // (the click focused the canvas; the page listens for keys on window)
@@ -221,6 +222,7 @@ test('two browsers in one room see each other move', { timeout: 60_000 }, async 
       'player 1 moves right with ArrowRight',
     );
     assert.ok(afterKeys.x > afterClick.x + 30 && afterKeys.x <= W - PR, `moved right: ${JSON.stringify(afterKeys)}`);
+    t.diagnostic(`ArrowRight ~300 ms -> page 2 sees (${afterKeys.x}, ${afterKeys.y})`);
 
     // --- page 2's side panel lists player 1 by name ---
     const entry = p2.page.locator(`#players li[data-id="${id1}"] .pname`);

@@ -46,3 +46,8 @@ pub mod prelude {
     pub use partyroom_server::Server;
     pub use partyroom_state::{State, StateMap, Users};
 }
+
+/// The README's examples, compiled as doctests so they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
