@@ -147,7 +147,7 @@ async function arenaToScreen(page, x, y) {
 
 /**
  * Wait until `page` sees player `id` at a position matching `want`
- * ({ x?, y?, minX?, any? }, within `tol` px); returns that position.
+ * ({ x?, y?, minX?, tol? }; x/y within `tol` px, default 3); returns that position.
  */
 async function waitForPlayer(page, id, want, what) {
   try {
@@ -170,7 +170,7 @@ async function waitForPlayer(page, id, want, what) {
     const seen = await page
       .evaluate((id) => JSON.stringify(window.partyroom.state.players?.[id] ?? null), id)
       .catch(() => '?');
-    throw new Error(`${what}: timed out after 10 s; page 2 sees player ${id} as ${seen}`, { cause: err });
+    throw new Error(`${what}: timed out after 10 s; the page sees player ${id} as ${seen}`, { cause: err });
   }
 }
 
@@ -237,6 +237,19 @@ test('two browsers in one room see each other move', { timeout: 60_000 }, async 
     const debug = JSON.parse(await p2.page.locator('#debug-state').textContent());
     assert.equal(debug[id1]?.name, name1);
     assert.equal(debug[id2]?.name, name2);
+
+    // --- reverse direction: page 2 clicks, page 1 sees it (also keeps the two
+    // players apart in the screenshot, since spawn points are random) ---
+    const target2 = { x: 650, y: 420 };
+    const pt2 = await arenaToScreen(p2.page, target2.x, target2.y);
+    await p2.page.mouse.click(pt2.x, pt2.y);
+    const seen2 = await waitForPlayer(
+      p1.page,
+      id2,
+      { x: target2.x, y: target2.y, tol },
+      `player 2 moves to the clicked point (${target2.x}, ${target2.y}) as seen by page 1`,
+    );
+    t.diagnostic(`page 2 click at arena (${target2.x}, ${target2.y}) -> page 1 sees (${seen2.x}, ${seen2.y})`);
 
     // --- screenshot of page 2 ---
     mkdirSync(ARTIFACTS, { recursive: true });

@@ -312,6 +312,7 @@ fn parse_field(field: &syn::Field) -> syn::Result<Option<FieldSpec>> {
         transform: None,
     };
     let mut skip = false;
+    let mut explicit_persist = None;
     for attr in &field.attrs {
         if !attr.path().is_ident("state") {
             continue;
@@ -329,7 +330,9 @@ fn parse_field(field: &syn::Field) -> syn::Result<Option<FieldSpec>> {
             } else if meta.path.is_ident("sync") {
                 spec.sync = meta.value()?.parse::<syn::LitBool>()?.value;
             } else if meta.path.is_ident("persist") {
-                spec.persist = meta.value()?.parse::<syn::LitBool>()?.value;
+                let value = meta.value()?.parse::<syn::LitBool>()?.value;
+                explicit_persist = Some(value);
+                spec.persist = value;
             } else if meta.path.is_ident("rename") {
                 spec.wire = meta.value()?.parse::<LitStr>()?.value();
             } else if meta.path.is_ident("transform") {
@@ -342,11 +345,14 @@ fn parse_field(field: &syn::Field) -> syn::Result<Option<FieldSpec>> {
             Ok(())
         })?;
     }
-    if spec.connected && spec.persist && field_has_explicit_persist(field) {
-        return Err(syn::Error::new(
-            field.span(),
-            "a #[state(connected)] flag is never persisted",
-        ));
+    if spec.connected {
+        if explicit_persist == Some(true) {
+            return Err(syn::Error::new(
+                field.span(),
+                "a #[state(connected)] flag is never persisted",
+            ));
+        }
+        spec.persist = false;
     }
     if spec.wire.is_empty() || spec.wire.contains('.') {
         return Err(syn::Error::new(
@@ -355,16 +361,6 @@ fn parse_field(field: &syn::Field) -> syn::Result<Option<FieldSpec>> {
         ));
     }
     Ok((!skip).then_some(spec))
-}
-
-fn field_has_explicit_persist(field: &syn::Field) -> bool {
-    field.attrs.iter().any(|a| {
-        a.path().is_ident("state")
-            && a.meta
-                .require_list()
-                .map(|l| l.tokens.to_string().contains("persist"))
-                .unwrap_or(false)
-    })
 }
 
 fn check_unique(fields: &[FieldSpec]) -> syn::Result<()> {

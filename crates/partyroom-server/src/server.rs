@@ -122,6 +122,11 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        // Small frames must leave at once: Nagle's algorithm would hold them for up to 40 ms.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let token = self.shared.shutdown.clone();
         let router = self.router();
         let signal = token.clone();

@@ -129,7 +129,8 @@ macro_rules! float_leaf {
                 to_json(self)
             }
             fn load(&mut self, value: &Value) -> Result<(), LoadError> {
-                load(self, value)
+                *self = <$ty as crate::Tracked>::create(value)?;
+                Ok(())
             }
             fn create(value: &Value) -> Result<Self, LoadError> {
                 // A NaN or infinity was sent as null; read it back as NaN rather than failing.

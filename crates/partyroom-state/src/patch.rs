@@ -82,6 +82,13 @@ fn apply_object(t: &mut Map<String, Value>, p: &Map<String, Value>) {
         }
         match (t.get_mut(k), v) {
             (Some(Value::Object(tv)), Value::Object(pv)) => apply_object(tv, pv),
+            // Like the official client, walk into a new object too: its `"$delete"` leaves
+            // delete nothing instead of being stored as data.
+            (_, Value::Object(pv)) => {
+                let mut fresh = Map::new();
+                apply_object(&mut fresh, pv);
+                t.insert(k.clone(), Value::Object(fresh));
+            }
             (_, v) => {
                 t.insert(k.clone(), v.clone());
             }
