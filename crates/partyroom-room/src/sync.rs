@@ -89,19 +89,16 @@ pub(crate) fn initial_packet(public_id: &str, snapshot: &Value) -> Bytes {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(br#"{"type":"sync","value":{"pId":"#);
     serde_json::to_writer(&mut out, public_id).expect("a string always serializes");
-    match snapshot {
-        Value::Object(map) => {
-            for (k, v) in map {
-                if k == "pId" {
-                    continue; // `pId` is reserved for the public id (quirk Q8 fixed)
-                }
-                out.push(b',');
-                serde_json::to_writer(&mut out, k).expect("a string always serializes");
-                out.push(b':');
-                serde_json::to_writer(&mut out, v).expect("a JSON value always serializes");
+    if let Value::Object(map) = snapshot {
+        for (k, v) in map {
+            if k == "pId" {
+                continue; // `pId` is reserved for the public id (quirk Q8 fixed)
             }
+            out.push(b',');
+            serde_json::to_writer(&mut out, k).expect("a string always serializes");
+            out.push(b':');
+            serde_json::to_writer(&mut out, v).expect("a JSON value always serializes");
         }
-        _ => {}
     }
     out.extend_from_slice(b"}}");
     Bytes::from(out)
