@@ -411,17 +411,44 @@ impl<R: Room> RoomActor<R> {
             },
             conn: Some(&conn.info),
         };
-        let state = self.tracker.state_mut();
         let action = envelope.action.as_ref();
+        let raw_value = envelope.value;
+        let value = || match raw_value {
+            Some(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            None => Value::Null,
+        };
+        let state = self.tracker.state_mut();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let guarded = !handlers.message_guards.is_empty()
+                || handlers.action_guards.contains_key(action)
+                || !handlers.fallback_guards.is_empty();
+            let value_json = if guarded { value() } else { Value::Null };
+            if !handlers
+                .message_guards
+                .iter()
+                .all(|g| g(state, &cx, &value_json))
+            {
+                return Err(Rejection::Guard);
+            }
             if let Some(handler) = handlers.actions.get(action) {
-                handler(state, &mut cx, envelope.value)
+                if let Some(guards) = handlers.action_guards.get(action)
+                    && !guards.iter().all(|g| g(state, &cx, &value_json))
+                {
+                    return Err(Rejection::Guard);
+                }
+                handler(state, &mut cx, raw_value)
             } else if let Some(fallback) = &handlers.fallback {
-                let value = match envelope.value {
-                    Some(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
-                    None => Value::Null,
-                };
-                fallback(state, &mut cx, action, value);
+                if !handlers.fallback_guards.is_empty() {
+                    let call = json!({"action": action, "value": value_json});
+                    if !handlers
+                        .fallback_guards
+                        .iter()
+                        .all(|g| g(state, &cx, &call))
+                    {
+                        return Err(Rejection::Guard);
+                    }
+                }
+                fallback(state, &mut cx, action, value());
                 Ok(())
             } else {
                 Err(Rejection::UnknownAction(action.to_owned()))

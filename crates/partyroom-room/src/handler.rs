@@ -168,6 +168,7 @@ pub(crate) type ActionFn<R> =
     Box<dyn Fn(&mut R, &mut Cx<'_>, Option<&RawValue>) -> Result<(), Rejection> + Send + Sync>;
 pub(crate) type FallbackFn<R> = Box<dyn Fn(&mut R, &mut Cx<'_>, &str, Value) + Send + Sync>;
 pub(crate) type HookFn<R> = Box<dyn Fn(&mut R, &mut Cx<'_>) + Send + Sync>;
+pub(crate) type GuardFn<R> = Box<dyn Fn(&R, &Cx<'_>, &Value) -> bool + Send + Sync>;
 pub(crate) type RouteFn<R> = Box<dyn Fn(&mut R, &mut HttpCx<'_>) -> RoomResponse + Send + Sync>;
 
 pub(crate) struct Route<R> {
@@ -200,6 +201,9 @@ pub struct Handlers<R> {
     pub(crate) on_join: Option<HookFn<R>>,
     pub(crate) on_leave: Option<HookFn<R>>,
     pub(crate) routes: Vec<Route<R>>,
+    pub(crate) message_guards: Vec<GuardFn<R>>,
+    pub(crate) action_guards: HashMap<String, Vec<GuardFn<R>>>,
+    pub(crate) fallback_guards: Vec<GuardFn<R>>,
 }
 
 impl<R> Default for Handlers<R> {
@@ -210,6 +214,9 @@ impl<R> Default for Handlers<R> {
             on_join: None,
             on_leave: None,
             routes: Vec::new(),
+            message_guards: Vec::new(),
+            action_guards: HashMap::new(),
+            fallback_guards: Vec::new(),
         }
     }
 }
@@ -250,6 +257,39 @@ impl<R: 'static> Handlers<R> {
                 Ok(())
             }),
         );
+        self
+    }
+
+    /// Add a guard to one action: it runs before the handler (after the room's message
+    /// guards) with the message's `value` (`null` when absent); `false` drops the message.
+    /// Several guards run in registration order; the first `false` stops the rest.
+    pub fn action_guard<F>(&mut self, action: &str, guard: F) -> &mut Self
+    where
+        F: Fn(&R, &Cx<'_>, &Value) -> bool + Send + Sync + 'static,
+    {
+        self.action_guards
+            .entry(action.to_owned())
+            .or_default()
+            .push(Box::new(guard));
+        self
+    }
+
+    /// Add a guard to the fallback; it receives `{"action": name, "value": value}`.
+    pub fn fallback_guard<F>(&mut self, guard: F) -> &mut Self
+    where
+        F: Fn(&R, &Cx<'_>, &Value) -> bool + Send + Sync + 'static,
+    {
+        self.fallback_guards.push(Box::new(guard));
+        self
+    }
+
+    /// Add a room-level guard that runs for every message, before any action guard, with the
+    /// message's `value`; `false` drops the message (the connection stays open).
+    pub fn message_guard<F>(&mut self, guard: F) -> &mut Self
+    where
+        F: Fn(&R, &Cx<'_>, &Value) -> bool + Send + Sync + 'static,
+    {
+        self.message_guards.push(Box::new(guard));
         self
     }
 

@@ -378,3 +378,71 @@ async fn max_users_is_enforced_and_http_routes_answer() {
         .await;
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test(start_paused = true)]
+async fn guards_run_in_order_and_the_fallback_catches_unknown_actions() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static ROOM_GUARD: AtomicUsize = AtomicUsize::new(0);
+    static ACTION_GUARD: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(State, Default, Clone)]
+    struct Guarded {
+        count: i64,
+        locked: bool,
+        unhandled: Vec<String>,
+    }
+    impl Room for Guarded {
+        fn config() -> RoomConfig {
+            RoomConfig::new("guarded")
+        }
+        fn handlers(h: &mut Handlers<Self>) {
+            h.message_guard(|room: &Self, _cx, _v| {
+                ROOM_GUARD.fetch_add(1, Ordering::SeqCst);
+                !room.locked
+            })
+            .action("lock", |r: &mut Self, _cx, ()| r.locked = true)
+            .action("add", |r: &mut Self, _cx, Json(n): Json<i64>| r.count += n)
+            .action_guard("add", |_r: &Self, _cx, v| {
+                ACTION_GUARD.fetch_add(1, Ordering::SeqCst);
+                v.as_i64().is_some_and(|n| n > 0)
+            })
+            .action_guard("add", |_r: &Self, cx, _v| cx.user_id().is_some())
+            .fallback(|r: &mut Self, _cx, action, value| {
+                r.unhandled.push(format!("{action}:{value}"));
+            })
+            .fallback_guard(|_r: &Self, _cx, call| call["action"] != "forbidden");
+        }
+    }
+    let room = TestRoom::new::<Guarded>("guarded");
+    let mut c = room.connect(None).await;
+    room.settle().await;
+    c.drain();
+
+    c.send("add", json!(2)).await; // both guards pass
+    c.send("add", json!(-1)).await; // first action guard refuses
+    c.send("mystery", json!({"a": 1})).await; // fallback
+    c.send("forbidden", json!(1)).await; // fallback guard refuses
+    room.settle().await;
+    assert_eq!(c.mirror().state()["count"], 0, "not drained yet");
+    c.drain();
+    assert_eq!(c.mirror().state()["count"], 2);
+    assert_eq!(
+        c.mirror().state()["unhandled"],
+        json!(["mystery:{\"a\":1}"])
+    );
+    assert_eq!(
+        ROOM_GUARD.load(Ordering::SeqCst),
+        4,
+        "room guard runs for every message"
+    );
+    assert_eq!(ACTION_GUARD.load(Ordering::SeqCst), 2);
+
+    // A failing room guard stops everything before the action guards run.
+    c.send("lock", Value::Null).await;
+    c.send("add", json!(5)).await;
+    room.settle().await;
+    c.drain();
+    assert_eq!(c.mirror().state()["count"], 2);
+    assert_eq!(ACTION_GUARD.load(Ordering::SeqCst), 2);
+}
