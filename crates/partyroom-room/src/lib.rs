@@ -25,6 +25,7 @@ pub mod http;
 mod pattern;
 mod registry;
 mod room;
+pub mod storage;
 mod sync;
 pub mod testing;
 
