@@ -22,6 +22,7 @@ pub struct RoomConfig {
     pub(crate) max_users: Option<usize>,
     pub(crate) outgoing_queue: usize,
     pub(crate) max_message_bytes: usize,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl RoomConfig {
@@ -35,6 +36,7 @@ impl RoomConfig {
             max_users: None,
             outgoing_queue: 1024,
             max_message_bytes: 64 * 1024,
+            idle_timeout: Some(Duration::from_secs(60)),
         }
     }
 
@@ -52,7 +54,9 @@ impl RoomConfig {
         self
     }
 
-    /// Debounce storage writes: changes are written this long after the last one (spec 10.5).
+    /// Batch storage writes: a change is written at most this long after it was made (zero,
+    /// the default, writes after every handler). Unlike the debounce of `@signe/room` (spec
+    /// 10.5), a busy room still saves at least this often.
     #[must_use]
     pub fn throttle_storage(mut self, after: Duration) -> Self {
         self.throttle_storage = after;
@@ -92,6 +96,22 @@ impl RoomConfig {
     #[must_use]
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Unload the room from memory after it has had no connection for this long: its state is
+    /// saved, the instance stops, and the next request or connection restores it from storage.
+    /// Default 60 s.
+    #[must_use]
+    pub fn idle_timeout(mut self, after: Duration) -> Self {
+        self.idle_timeout = Some(after);
+        self
+    }
+
+    /// Keep the room in memory while the process lives.
+    #[must_use]
+    pub fn never_unload(mut self) -> Self {
+        self.idle_timeout = None;
         self
     }
 

@@ -168,6 +168,8 @@ pub(crate) type ActionFn<R> =
     Box<dyn Fn(&mut R, &mut Cx<'_>, Option<&RawValue>) -> Result<(), Rejection> + Send + Sync>;
 pub(crate) type FallbackFn<R> = Box<dyn Fn(&mut R, &mut Cx<'_>, &str, Value) + Send + Sync>;
 pub(crate) type HookFn<R> = Box<dyn Fn(&mut R, &mut Cx<'_>) + Send + Sync>;
+pub(crate) type RestoreFn = Box<dyn Fn(&mut Value) + Send + Sync>;
+pub(crate) type UserRestoreFn = Box<dyn Fn(&str, &mut Value) + Send + Sync>;
 pub(crate) type GuardFn<R> = Box<dyn Fn(&R, &Cx<'_>, &Value) -> bool + Send + Sync>;
 pub(crate) type RouteFn<R> = Box<dyn Fn(&mut R, &mut HttpCx<'_>) -> RoomResponse + Send + Sync>;
 
@@ -204,6 +206,8 @@ pub struct Handlers<R> {
     pub(crate) message_guards: Vec<GuardFn<R>>,
     pub(crate) action_guards: HashMap<String, Vec<GuardFn<R>>>,
     pub(crate) fallback_guards: Vec<GuardFn<R>>,
+    pub(crate) on_storage_restore: Option<RestoreFn>,
+    pub(crate) on_user_storage_restore: Option<UserRestoreFn>,
 }
 
 impl<R> Default for Handlers<R> {
@@ -217,6 +221,8 @@ impl<R> Default for Handlers<R> {
             message_guards: Vec::new(),
             action_guards: HashMap::new(),
             fallback_guards: Vec::new(),
+            on_storage_restore: None,
+            on_user_storage_restore: None,
         }
     }
 }
@@ -320,6 +326,26 @@ impl<R: 'static> Handlers<R> {
         F: Fn(&mut R, &mut Cx<'_>) + Send + Sync + 'static,
     {
         self.on_leave = Some(Box::new(hook));
+        self
+    }
+
+    /// Rewrite the stored snapshot of the room before it is loaded (migrations, hydration).
+    /// Called once per instance start, with `{}` for a new room.
+    pub fn on_storage_restore<F>(&mut self, hook: F) -> &mut Self
+    where
+        F: Fn(&mut Value) + Send + Sync + 'static,
+    {
+        self.on_storage_restore = Some(Box::new(hook));
+        self
+    }
+
+    /// Rewrite each stored user (public id, snapshot) before it is loaded; runs after
+    /// [`Handlers::on_storage_restore`].
+    pub fn on_user_storage_restore<F>(&mut self, hook: F) -> &mut Self
+    where
+        F: Fn(&str, &mut Value) + Send + Sync + 'static,
+    {
+        self.on_user_storage_restore = Some(Box::new(hook));
         self
     }
 

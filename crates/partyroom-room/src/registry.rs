@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actor::{ConnectError, RoomActor, RoomMsg};
+use crate::actor::{ConnectError, Persistence, RoomActor, RoomMsg, Unload};
 use crate::config::RoomConfig;
 use crate::conn::{ConnId, ConnectRequest};
 use crate::handler::Handlers;
 use crate::http::{RoomRequest, RoomResponse};
 use crate::pattern::{Params, PatternError, RoomPattern};
 use crate::room::Room;
+use crate::storage::{MemoryStorage, RoomKey, Storage};
 
 /// Mailbox size of a room: messages beyond it wait in the connection tasks (backpressure on
 /// the sockets), not in memory.
@@ -87,12 +88,47 @@ impl RoomHandle {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Save everything, close every connection (1001) and stop the room.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(RoomMsg::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+type LiveRooms = Arc<Mutex<HashMap<String, RoomHandle>>>;
+
+impl Unload {
+    /// Remove the room from the registry if nothing is waiting in its mailbox. After this,
+    /// new requests start a new instance (which restores what this one saved).
+    pub(crate) fn try_remove(&self, id: &str, mailbox: &mpsc::Receiver<RoomMsg>) -> bool {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if !mailbox.is_empty() {
+            return false;
+        }
+        if live.get(id).is_some_and(|h| h.tx.same_channel(&self.tx)) {
+            live.remove(id);
+        }
+        true
+    }
 }
 
 /// A registered room type, with its types erased.
 trait RoomKind: Send + Sync {
     fn pattern(&self) -> &RoomPattern;
-    fn spawn(&self, id: &str, params: Params, seed: Option<u64>) -> RoomHandle;
+    fn spawn(&self, spawn: Spawn<'_>) -> RoomHandle;
+}
+
+/// Everything needed to start a room instance.
+struct Spawn<'a> {
+    party: &'a str,
+    id: &'a str,
+    params: Params,
+    seed: Option<u64>,
+    storage: Arc<dyn Storage>,
+    live: LiveRooms,
 }
 
 struct Kind<R: Room> {
@@ -106,18 +142,26 @@ impl<R: Room> RoomKind for Kind<R> {
         &self.pattern
     }
 
-    fn spawn(&self, id: &str, params: Params, seed: Option<u64>) -> RoomHandle {
+    fn spawn(&self, spawn: Spawn<'_>) -> RoomHandle {
         let (tx, rx) = mpsc::channel(MAILBOX);
-        let id: Arc<str> = Arc::from(id);
-        let rng = seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        let id: Arc<str> = Arc::from(spawn.id);
+        let rng = spawn
+            .seed
+            .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        let persist = Persistence::new(spawn.storage, RoomKey::new(spawn.party, spawn.id));
         let actor = RoomActor::new(
             id.clone(),
-            params,
+            spawn.params,
             self.config.clone(),
             self.handlers.clone(),
             rng,
+            persist,
         );
-        tokio::spawn(actor.run(rx));
+        let unload = Unload {
+            live: spawn.live,
+            tx: tx.clone(),
+        };
+        tokio::spawn(actor.run(rx, unload));
         RoomHandle {
             id,
             tx,
@@ -141,7 +185,7 @@ pub enum LookupError {
 struct Party {
     kinds: Vec<Box<dyn RoomKind>>,
     /// Live instances. A std mutex: held only to look up or insert, never across `.await`.
-    live: Mutex<HashMap<String, RoomHandle>>,
+    live: LiveRooms,
 }
 
 /// All parties and their room types; the entry point of the runtime.
@@ -159,6 +203,7 @@ struct Party {
 pub struct Rooms {
     parties: Arc<HashMap<String, Party>>,
     seed: Option<u64>,
+    storage: Arc<dyn Storage>,
 }
 
 impl fmt::Debug for Rooms {
@@ -174,6 +219,7 @@ impl fmt::Debug for Rooms {
 pub struct RoomsBuilder {
     parties: HashMap<String, Vec<Box<dyn RoomKind>>>,
     seed: Option<u64>,
+    storage: Option<Arc<dyn Storage>>,
 }
 
 impl fmt::Debug for RoomsBuilder {
@@ -211,6 +257,13 @@ impl RoomsBuilder {
         self
     }
 
+    /// Where rooms save their state and sessions. Default: in memory ([`MemoryStorage`]).
+    #[must_use]
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
     /// Finish.
     pub fn build(self) -> Rooms {
         Rooms {
@@ -222,13 +275,16 @@ impl RoomsBuilder {
                             name,
                             Party {
                                 kinds,
-                                live: Mutex::new(HashMap::new()),
+                                live: Arc::new(Mutex::new(HashMap::new())),
                             },
                         )
                     })
                     .collect(),
             ),
             seed: self.seed,
+            storage: self
+                .storage
+                .unwrap_or_else(|| Arc::new(MemoryStorage::new())),
         }
     }
 }
@@ -257,7 +313,14 @@ impl Rooms {
             .find_map(|k| k.pattern().matches(room_id).map(|params| (k, params)))
             .ok_or_else(|| LookupError::NoMatch(room_id.to_owned()))?;
         let seed = self.seed.map(|s| s.wrapping_add(live.len() as u64));
-        let handle = kind.spawn(room_id, params, seed);
+        let handle = kind.spawn(Spawn {
+            party,
+            id: room_id,
+            params,
+            seed,
+            storage: self.storage.clone(),
+            live: p.live.clone(),
+        });
         live.insert(room_id.to_owned(), handle.clone());
         Ok(handle)
     }
@@ -265,6 +328,35 @@ impl Rooms {
     /// Whether a party exists.
     pub fn has_party(&self, party: &str) -> bool {
         self.parties.contains_key(party)
+    }
+
+    /// The storage rooms save to.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Save every live room, close its connections and stop it. Rooms requested afterwards
+    /// start again (and restore what was saved).
+    pub async fn shutdown(&self) {
+        let handles: Vec<RoomHandle> = self
+            .parties
+            .values()
+            .flat_map(|p| {
+                let live = p.live.lock().unwrap_or_else(|e| e.into_inner());
+                live.values().cloned().collect::<Vec<_>>()
+            })
+            .collect();
+        // Ask every room first so they all save at once, then wait for each.
+        let mut waits = Vec::with_capacity(handles.len());
+        for h in &handles {
+            let (tx, rx) = oneshot::channel();
+            if h.tx.send(RoomMsg::Shutdown(tx)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            let _ = rx.await;
+        }
     }
 
     /// Number of live room instances.

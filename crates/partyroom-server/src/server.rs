@@ -9,7 +9,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
-use partyroom_room::{ConnectRequest, LookupError, RoomRequest, RoomResponse, Rooms};
+use partyroom_room::{ConnectError, ConnectRequest, LookupError, RoomRequest, RoomResponse, Rooms};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -139,6 +139,8 @@ impl Server {
         token.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        // Every connection is closed; save every room before returning.
+        self.shared.rooms.shutdown().await;
         Ok(())
     }
 }
@@ -179,10 +181,18 @@ async fn handle_party(State(shared): State<Arc<Shared>>, request: Request) -> Re
         headers: parts.headers,
         body,
     };
-    match room.request(req).await {
-        Ok(response) => to_axum(response),
-        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "Room unavailable"),
+    // A room that unloads itself at this very moment answers `RoomGone`: ask the new instance.
+    let mut room = room;
+    for _ in 0..3 {
+        match room.request(req.clone()).await {
+            Ok(response) => return to_axum(response),
+            Err(_) => match shared.rooms.get(&path.party, &path.room) {
+                Ok(fresh) => room = fresh,
+                Err(_) => break,
+            },
+        }
     }
+    json_error(StatusCode::SERVICE_UNAVAILABLE, "Room unavailable")
 }
 
 async fn upgrade(
@@ -220,26 +230,43 @@ async fn upgrade(
         .max_frame_size(config.max_message_bytes)
         .on_upgrade(move |mut socket| async move {
             let _permit = permit;
-            let (req, channels) = ConnectRequest::new(
-                session_id,
-                query,
-                headers,
-                room.config().outgoing_queue_len(),
-            );
-            match room.connect(req).await {
-                Ok(conn) => {
-                    let token = shared2.shutdown.clone();
-                    shared2
-                        .tasks
-                        .track_future(connection::run(socket, room, conn, channels, token))
-                        .await;
-                }
-                Err(refused) => {
-                    let _ = socket
-                        .send(connection::close_message(refused.close_frame()))
-                        .await;
+            let mut room = room;
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let (req, channels) = ConnectRequest::new(
+                    session_id.clone(),
+                    query.clone(),
+                    headers.clone(),
+                    room.config().outgoing_queue_len(),
+                );
+                match room.connect(req).await {
+                    Ok(conn) => {
+                        let token = shared2.shutdown.clone();
+                        shared2
+                            .tasks
+                            .track_future(connection::run(socket, room, conn, channels, token))
+                            .await;
+                        return;
+                    }
+                    // The instance unloaded itself meanwhile: connect to the new one.
+                    Err(ConnectError::RoomGone) if attempts < 3 => {
+                        match shared2.rooms.get(&path.party, &path.room) {
+                            Ok(fresh) => room = fresh,
+                            Err(_) => break,
+                        }
+                    }
+                    Err(refused) => {
+                        let _ = socket
+                            .send(connection::close_message(refused.close_frame()))
+                            .await;
+                        return;
+                    }
                 }
             }
+            let _ = socket
+                .send(connection::close_message(ConnectError::RoomGone.close_frame()))
+                .await;
         })
 }
 

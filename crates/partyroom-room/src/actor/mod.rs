@@ -24,6 +24,9 @@ use crate::pattern::Params;
 use crate::room::Room;
 use crate::sync::{SyncScheduler, initial_packet, json_frame, sync_packet};
 
+mod persist;
+pub(crate) use persist::Persistence;
+
 /// Messages a room actor handles.
 #[derive(Debug)]
 pub(crate) enum RoomMsg {
@@ -34,6 +37,8 @@ pub(crate) enum RoomMsg {
     Message(ConnId, Bytes),
     Disconnect(ConnId),
     Request(RoomRequest, oneshot::Sender<RoomResponse>),
+    /// Save everything, close every connection (1001) and stop.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// Why a connection was not accepted.
@@ -77,9 +82,11 @@ struct Envelope<'a> {
 struct Session {
     public_id: String,
     live: u32,
-    #[allow(dead_code)]
     created_ms: u64,
+    /// When the last connection closed (monotonic, for expiry) ...
     disconnected: Option<Instant>,
+    /// ... and the same moment in wall-clock milliseconds (what is stored).
+    disconnected_ms: Option<u64>,
 }
 
 pub(crate) struct RoomActor<R: Room> {
@@ -96,6 +103,15 @@ pub(crate) struct RoomActor<R: Room> {
     rng: fastrand::Rng,
     outbox: Vec<Outbound>,
     slow: Vec<ConnId>,
+    persist: persist::Persistence,
+    /// Since when the room has had no connection (for unloading).
+    idle_since: Option<Instant>,
+}
+
+/// What the actor needs from the registry to unload itself.
+pub(crate) struct Unload {
+    pub(crate) live: Arc<std::sync::Mutex<HashMap<String, crate::registry::RoomHandle>>>,
+    pub(crate) tx: mpsc::Sender<RoomMsg>,
 }
 
 impl<R: Room> RoomActor<R> {
@@ -105,9 +121,12 @@ impl<R: Room> RoomActor<R> {
         config: Arc<RoomConfig>,
         handlers: Arc<Handlers<R>>,
         rng: fastrand::Rng,
+        persist: persist::Persistence,
     ) -> Self {
         let state = R::init(&id, &params);
         Self {
+            persist,
+            idle_since: Some(Instant::now()),
             sync: SyncScheduler::new(config.throttle_sync),
             id,
             params,
@@ -124,17 +143,49 @@ impl<R: Room> RoomActor<R> {
         }
     }
 
-    pub(crate) async fn run(mut self, mut mailbox: mpsc::Receiver<RoomMsg>) {
+    pub(crate) async fn run(mut self, mut mailbox: mpsc::Receiver<RoomMsg>, unload: Unload) {
+        if let Err(err) = self.restore().await {
+            // Never serve (and later overwrite) a room whose stored state could not be read:
+            // stop; the next request starts a new instance that tries again.
+            tracing::error!(room = %self.id, %err, "cannot restore room state");
+            mailbox.close();
+            return;
+        }
+        let mut shutdown: Option<oneshot::Sender<()>> = None;
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
-                msg = mailbox.recv() => match msg {
+                msg = mailbox.recv(), if shutdown.is_none() => match msg {
+                    Some(RoomMsg::Shutdown(reply)) => {
+                        self.flush_state();
+                        self.persist.due_now();
+                        shutdown = Some(reply);
+                    }
                     Some(msg) => self.handle(msg),
                     None => break,
                 },
+                done = self.persist.written() => self.on_written(done),
                 () = sleep_until(deadline) => self.on_timer(),
             }
+            self.maybe_save();
+            if let Some(reply) = shutdown.take() {
+                if self.persist.is_idle() {
+                    for (_, mut conn) in self.conns.drain(..) {
+                        conn.close(CloseFrame::going_away());
+                    }
+                    let _ = reply.send(());
+                    break;
+                }
+                shutdown = Some(reply);
+            } else if self.should_unload() && unload.try_remove(&self.id, &mailbox) {
+                tracing::debug!(room = %self.id, "unloaded idle room");
+                break;
+            }
         }
+        mailbox.close();
+        // Messages that raced with the unload are dropped; their senders see `RoomGone` and
+        // retry on a new instance.
+        while mailbox.try_recv().is_ok() {}
         for (_, mut conn) in self.conns.drain(..) {
             conn.close(CloseFrame::going_away());
         }
@@ -152,16 +203,32 @@ impl<R: Room> RoomActor<R> {
                 let response = self.on_request(&req);
                 let _ = reply.send(response);
             }
+            RoomMsg::Shutdown(reply) => {
+                let _ = reply.send(());
+            }
         }
         self.drop_slow();
+        self.idle_since = if self.conns.is_empty() {
+            Some(Instant::now())
+        } else {
+            None
+        };
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let expiry = self.expiries.first().map(|(t, _)| *t);
-        match (self.sync.deadline(), expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let unload = match (self.idle_since, self.config.idle_timeout) {
+            (Some(since), Some(after)) => Some(since + after),
+            _ => None,
+        };
+        [
+            self.sync.deadline(),
+            self.expiries.first().map(|(t, _)| *t),
+            self.persist.deadline(),
+            unload,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn on_timer(&mut self) {
@@ -177,6 +244,18 @@ impl<R: Room> RoomActor<R> {
             self.expire_session(&private_id, now);
         }
         self.drop_slow();
+    }
+
+    fn should_unload(&self) -> bool {
+        match (self.idle_since, self.config.idle_timeout) {
+            (Some(since), Some(after)) => {
+                self.conns.is_empty()
+                    && Instant::now() >= since + after
+                    && self.persist.is_idle()
+                    && self.sync.deadline().is_none()
+            }
+            _ => false,
+        }
     }
 
     // ----- connections -------------------------------------------------------------------
@@ -209,6 +288,7 @@ impl<R: Room> RoomActor<R> {
                             live: 0,
                             created_ms: now_ms(),
                             disconnected: None,
+                            disconnected_ms: None,
                         },
                     );
                     public_id
@@ -232,6 +312,8 @@ impl<R: Room> RoomActor<R> {
                 .expect("session ensured above");
             session.live += 1;
             session.disconnected = None;
+            session.disconnected_ms = None;
+            self.persist.session_changed(&private_id);
             let users = self
                 .tracker
                 .state_mut()
@@ -299,6 +381,8 @@ impl<R: Room> RoomActor<R> {
         }
         let now = Instant::now();
         session.disconnected = Some(now);
+        session.disconnected_ms = Some(now_ms());
+        self.persist.session_changed(&info.private_id);
         if let Some(after) = self.config.session_expiry {
             self.expiries.insert((now + after, info.private_id.clone()));
         }
@@ -352,6 +436,7 @@ impl<R: Room> RoomActor<R> {
         }
         let public_id = session.public_id.clone();
         self.sessions.remove(private_id);
+        self.persist.session_changed(private_id);
         let still_used = self.sessions.values().any(|s| s.public_id == public_id);
         if !still_used && let Some(users) = self.tracker.state_mut().users_mut() {
             users.remove(&public_id);
@@ -506,6 +591,7 @@ impl<R: Room> RoomActor<R> {
     /// Find what handlers changed and hand the patch to the sync scheduler.
     fn flush_state(&mut self) {
         let flush = self.tracker.flush();
+        self.persist.rows_changed(flush.persist.rows(), self.config.throttle_storage);
         if let Some(patch) = flush.sync {
             for ready in self.sync.push(patch, Instant::now()) {
                 self.broadcast(sync_packet(&ready));
