@@ -35,12 +35,16 @@ use crate::ConnectError;
 use crate::conn::{CloseFrame, ConnId, ConnectRequest, ConnectionChannels};
 use crate::http::{RoomRequest, RoomResponse};
 use crate::registry::{RoomHandle, Rooms};
+use crate::storage::{RoomKey, Storage};
+use std::sync::Arc;
 use crate::room::Room;
 
 /// A live room instance driven in-process.
 #[derive(Debug, Clone)]
 pub struct TestRoom {
     rooms: Rooms,
+    party: String,
+    id: String,
     handle: RoomHandle,
 }
 
@@ -60,7 +64,48 @@ impl TestRoom {
         let handle = rooms
             .get(party, room_id)
             .expect("room id matches a registered room type");
-        Self { rooms, handle }
+        Self {
+            rooms,
+            party: party.to_owned(),
+            id: room_id.to_owned(),
+            handle,
+        }
+    }
+
+    /// Start room type `R` with the given storage (to inspect it, or to restore from it).
+    pub fn with_storage<R: Room>(room_id: &str, storage: Arc<dyn Storage>) -> Self {
+        let rooms = Rooms::builder()
+            .room::<R>("main")
+            .expect("valid room pattern")
+            .seed(0)
+            .storage(storage)
+            .build();
+        Self::from_rooms(rooms, "main", room_id)
+    }
+
+    /// The current instance (a new one if the previous one unloaded itself).
+    fn live(&self) -> RoomHandle {
+        if self.handle.is_closed() {
+            self.rooms
+                .get(&self.party, &self.id)
+                .expect("room id matches a registered room type")
+        } else {
+            self.handle.clone()
+        }
+    }
+
+    /// Whether the room instance is loaded (false after it unloaded itself when idle).
+    pub fn is_loaded(&self) -> bool {
+        self.rooms.live_rooms() > 0 && !self.handle.is_closed()
+    }
+
+    /// The keys this room has in storage.
+    pub async fn stored(&self) -> Vec<(String, Value)> {
+        self.rooms
+            .storage()
+            .list(&RoomKey::new(self.party.clone(), self.id.clone()), "")
+            .await
+            .expect("storage readable")
     }
 
     /// The registry (to reach other rooms).
@@ -68,7 +113,7 @@ impl TestRoom {
         &self.rooms
     }
 
-    /// The room's handle.
+    /// The room's handle (of the instance this harness started).
     pub fn handle(&self) -> &RoomHandle {
         &self.handle
     }
@@ -90,16 +135,17 @@ impl TestRoom {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        let handle = self.live();
         let (req, channels) = ConnectRequest::new(
             session.map(str::to_owned),
             query,
             HeaderMap::new(),
-            self.handle.config().outgoing_queue_len(),
+            handle.config().outgoing_queue_len(),
         );
-        let conn = self.handle.connect(req).await?;
+        let conn = handle.connect(req).await?;
         Ok(TestClient {
             conn,
-            handle: self.handle.clone(),
+            handle,
             channels,
             mirror: ClientMirror::new(),
             received: Vec::new(),
@@ -108,15 +154,23 @@ impl TestRoom {
 
     /// Send an HTTP request to the room.
     pub async fn request(&self, request: RoomRequest) -> RoomResponse {
-        self.handle.request(request).await.expect("room alive")
+        self.live().request(request).await.expect("room alive")
     }
 
     /// Wait until the room has processed everything sent to it so far.
     pub async fn settle(&self) {
+        if self.handle.is_closed() {
+            return;
+        }
         let _ = self
             .handle
             .request(RoomRequest::new(Method::OPTIONS, "/"))
             .await;
+    }
+
+    /// Save every room and stop it (as a graceful server shutdown does).
+    pub async fn shutdown(&self) {
+        self.rooms.shutdown().await;
     }
 }
 
