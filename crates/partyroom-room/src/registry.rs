@@ -233,8 +233,17 @@ impl fmt::Debug for RoomsBuilder {
 impl RoomsBuilder {
     /// Register room type `R` in `party`. Types are tried in registration order; the first
     /// whose pattern matches a room id serves it.
-    pub fn room<R: Room>(mut self, party: &str) -> Result<Self, PatternError> {
-        let config = R::config();
+    pub fn room<R: Room>(self, party: &str) -> Result<Self, PatternError> {
+        self.room_with::<R>(party, R::config())
+    }
+
+    /// Register room type `R` with options that replace [`Room::config`] (for example limits
+    /// or throttles read from the command line).
+    pub fn room_with<R: Room>(
+        mut self,
+        party: &str,
+        config: RoomConfig,
+    ) -> Result<Self, PatternError> {
         let pattern = RoomPattern::parse(config.path())?;
         let mut handlers = Handlers::default();
         R::handlers(&mut handlers);
