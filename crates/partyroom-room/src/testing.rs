@@ -35,9 +35,9 @@ use crate::ConnectError;
 use crate::conn::{CloseFrame, ConnId, ConnectRequest, ConnectionChannels};
 use crate::http::{RoomRequest, RoomResponse};
 use crate::registry::{RoomHandle, Rooms};
+use crate::room::Room;
 use crate::storage::{RoomKey, Storage};
 use std::sync::Arc;
-use crate::room::Room;
 
 /// A live room instance driven in-process.
 #[derive(Debug, Clone)]

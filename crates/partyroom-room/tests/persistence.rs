@@ -170,7 +170,10 @@ async fn state_and_sessions_are_stored_in_rows_and_restored_after_unload() {
     assert_eq!(state["round"], 3);
     assert_eq!(state["players"][&pid]["score"], 1);
     assert_eq!(state["players"][&pid]["online"], true);
-    assert_eq!(state["players"][&pid]["typing"], false, "transient field reset");
+    assert_eq!(
+        state["players"][&pid]["typing"], false,
+        "transient field reset"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -190,7 +193,11 @@ async fn a_flush_writes_the_rows_that_changed_not_the_whole_room() {
     let batches = storage.take();
     let rows: usize = batches.iter().map(Batch::len).sum();
     assert_eq!(rows, 3, "3 users changed, 3 rows written: {batches:?}");
-    assert!(batches.iter().all(|b| b.puts.iter().all(|(k, _)| k.starts_with("state/players/"))));
+    assert!(
+        batches
+            .iter()
+            .all(|b| b.puts.iter().all(|(k, _)| k.starts_with("state/players/")))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -214,7 +221,10 @@ async fn throttled_storage_batches_changes_and_shutdown_saves_them() {
         c.send("inc", Value::Null).await;
         tick(&room).await;
     }
-    assert!(storage.take().is_empty(), "nothing written inside the window");
+    assert!(
+        storage.take().is_empty(),
+        "nothing written inside the window"
+    );
     tokio::time::sleep(Duration::from_millis(2600)).await;
     room.settle().await;
     let batches = storage.take();
@@ -271,7 +281,11 @@ async fn restore_runs_the_hooks_and_treats_crashed_sessions_as_disconnected() {
     tokio::time::sleep(Duration::from_secs(11)).await;
     room.settle().await;
     watcher.drain();
-    assert!(watcher.mirror().state()["players"].get("AbCd1234").is_none());
+    assert!(
+        watcher.mirror().state()["players"]
+            .get("AbCd1234")
+            .is_none()
+    );
     tick(&room).await;
     let stored = map(room.stored().await);
     assert!(!stored.contains_key("session/crashed"));
@@ -295,9 +309,13 @@ async fn a_failed_write_is_retried_and_corrupt_state_is_never_overwritten() {
 
     // A room whose stored state does not fit its type refuses to start.
     let bad = Arc::new(MemoryStorage::new());
-    bad.put(&RoomKey::new("main", "game-5"), "state/round", json!("not a number"))
-        .await
-        .unwrap();
+    bad.put(
+        &RoomKey::new("main", "game-5"),
+        "state/round",
+        json!("not a number"),
+    )
+    .await
+    .unwrap();
     let room = TestRoom::with_storage::<Game>("game-5", bad.clone());
     assert!(room.connect_with(Some("x"), &[]).await.is_err());
     assert_eq!(

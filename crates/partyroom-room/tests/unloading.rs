@@ -37,7 +37,10 @@ async fn touch(rooms: &Rooms, n: usize) {
     let (req, mut channels) = ConnectRequest::new(None, vec![], Default::default(), 16);
     let conn = handle.connect(req).await.unwrap();
     handle
-        .message(conn, json!({"action":"fill","value": 50}).to_string().into())
+        .message(
+            conn,
+            json!({"action":"fill","value": 50}).to_string().into(),
+        )
         .await
         .unwrap();
     handle.disconnect(conn).await;
@@ -78,7 +81,10 @@ async fn many_idle_rooms_return_memory_and_come_back_from_storage() {
         "baseline {baseline} B, {ROOMS} rooms loaded {loaded} B, after unloading {after} B \
          (storage holds ~{stored} B of JSON)"
     );
-    assert!(loaded - baseline > 2 * held, "most memory was released: held {held} B");
+    assert!(
+        loaded - baseline > 2 * held,
+        "most memory was released: held {held} B"
+    );
     assert!(
         held < 6 * stored + 256 * 1024,
         "memory left after unloading ({held} B) is about what storage holds ({stored} B)"

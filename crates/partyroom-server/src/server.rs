@@ -265,7 +265,9 @@ async fn upgrade(
                 }
             }
             let _ = socket
-                .send(connection::close_message(ConnectError::RoomGone.close_frame()))
+                .send(connection::close_message(
+                    ConnectError::RoomGone.close_frame(),
+                ))
                 .await;
         })
 }

@@ -142,7 +142,10 @@ mod tests {
         }
         for bad in ["", "1t", "a-b", "a b", "t;drop", "\"t\"", "é", "a.b"] {
             assert!(
-                matches!(validate_table_name(bad), Err(OpenError::InvalidTableName(_))),
+                matches!(
+                    validate_table_name(bad),
+                    Err(OpenError::InvalidTableName(_))
+                ),
                 "{bad}"
             );
         }
@@ -158,7 +161,11 @@ mod tests {
         assert_eq!(prefix_upper_bound("x\u{10FFFF}").as_deref(), Some("y"));
         assert_eq!(prefix_upper_bound("\u{10FFFF}\u{10FFFF}"), None);
         // Every string starting with the prefix sorts below the bound, byte-wise.
-        for (prefix, key) in [("a", "a\u{10FFFF}"), ("é", "é\u{10FFFF}z"), ("\u{7F}", "\u{7F}\u{80}")] {
+        for (prefix, key) in [
+            ("a", "a\u{10FFFF}"),
+            ("é", "é\u{10FFFF}z"),
+            ("\u{7F}", "\u{7F}\u{80}"),
+        ] {
             let upper = prefix_upper_bound(prefix).unwrap();
             assert!(key.as_bytes() < upper.as_bytes(), "{prefix:?} {key:?}");
         }

@@ -148,7 +148,10 @@ impl PostgresStorage {
 
     async fn get_impl(&self, room: &RoomKey, key: &str) -> Result<Option<Value>, StorageError> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(&self.sql.get).await.map_err(backend)?;
+        let stmt = client
+            .prepare_cached(&self.sql.get)
+            .await
+            .map_err(backend)?;
         let row = client
             .query_opt(&stmt, &[&room.party, &room.room, &key])
             .await

@@ -118,11 +118,7 @@ impl fmt::Debug for SqliteStorage {
         f.debug_struct("SqliteStorage")
             .field(
                 "path",
-                &self
-                    .inner
-                    .path
-                    .as_deref()
-                    .unwrap_or(Path::new(MEMORY_PATH)),
+                &self.inner.path.as_deref().unwrap_or(Path::new(MEMORY_PATH)),
             )
             .field("table", &self.inner.table)
             .finish_non_exhaustive()
@@ -253,10 +249,7 @@ impl SqliteStorage {
         })
     }
 
-    async fn call<T>(
-        &self,
-        request: impl FnOnce(Reply<T>) -> Request,
-    ) -> Result<T, StorageError> {
+    async fn call<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .requests
@@ -350,7 +343,10 @@ enum Done {
 impl Done {
     /// Send the result, or `failed` instead when the transaction did not commit.
     fn send(self, failed: Option<&StorageError>) {
-        fn pick<T>(r: Result<T, StorageError>, failed: Option<&StorageError>) -> Result<T, StorageError> {
+        fn pick<T>(
+            r: Result<T, StorageError>,
+            failed: Option<&StorageError>,
+        ) -> Result<T, StorageError> {
             match failed {
                 Some(e) => Err(e.clone()),
                 None => r,
@@ -712,13 +708,21 @@ mod tests {
             ],
         };
         let err = store.apply(&room(), failing.clone()).await.unwrap_err();
-        assert!(matches!(&err, StorageError::Backend(m) if m.contains("boom refused")), "{err}");
-        assert_eq!(store.get(&room(), "keep").await.unwrap(), Some(json!("old")));
+        assert!(
+            matches!(&err, StorageError::Backend(m) if m.contains("boom refused")),
+            "{err}"
+        );
+        assert_eq!(
+            store.get(&room(), "keep").await.unwrap(),
+            Some(json!("old"))
+        );
         assert_eq!(store.get(&room(), "gone/1").await.unwrap(), Some(json!(1)));
         assert_eq!(store.list(&room(), "new/").await.unwrap(), vec![]);
 
         // Same again, queued together with good batches so they share one transaction.
-        let others: Vec<RoomKey> = (0..20).map(|i| RoomKey::new("main", format!("o{i}"))).collect();
+        let others: Vec<RoomKey> = (0..20)
+            .map(|i| RoomKey::new("main", format!("o{i}")))
+            .collect();
         let mut tasks = Vec::new();
         for (i, other) in others.iter().enumerate() {
             let store = store.clone();
@@ -738,7 +742,10 @@ mod tests {
         for (i, other) in others.iter().enumerate() {
             assert_eq!(store.get(other, "k").await.unwrap(), Some(json!(i)));
         }
-        assert_eq!(store.get(&room(), "keep").await.unwrap(), Some(json!("old")));
+        assert_eq!(
+            store.get(&room(), "keep").await.unwrap(),
+            Some(json!("old"))
+        );
         assert_eq!(store.list(&room(), "new/").await.unwrap(), vec![]);
     }
 
@@ -777,16 +784,26 @@ mod tests {
             let fut = store.put(&room(), "dropped", json!(true));
             let mut fut = std::pin::pin!(fut);
             let waker = std::task::Waker::noop();
-            let _ = fut.as_mut().poll(&mut std::task::Context::from_waker(waker));
+            let _ = fut
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker));
         }
         store.flush().await.unwrap();
-        assert_eq!(side_connection(&path)
-            .query_row("SELECT value FROM partyroom_storage WHERE key = 'dropped'", [], |r| {
-                r.get::<_, String>(0)
-            })
-            .unwrap(), "true");
+        assert_eq!(
+            side_connection(&path)
+                .query_row(
+                    "SELECT value FROM partyroom_storage WHERE key = 'dropped'",
+                    [],
+                    |r| { r.get::<_, String>(0) }
+                )
+                .unwrap(),
+            "true"
+        );
         store.close().await.unwrap();
-        assert_eq!(clone.get(&room(), "dropped").await, Err(StorageError::Closed));
+        assert_eq!(
+            clone.get(&room(), "dropped").await,
+            Err(StorageError::Closed)
+        );
         assert_eq!(clone.flush().await, Err(StorageError::Closed));
         clone.close().await.unwrap();
     }
@@ -816,7 +833,14 @@ mod tests {
             .unwrap();
         assert_eq!(text, r#"{"a":[1,2]}"#);
         assert!(matches!(
-            SqliteStorage::open_with(&path, SqliteOptions { table: "x; DROP".into(), ..SqliteOptions::default() }).await,
+            SqliteStorage::open_with(
+                &path,
+                SqliteOptions {
+                    table: "x; DROP".into(),
+                    ..SqliteOptions::default()
+                }
+            )
+            .await,
             Err(OpenError::InvalidTableName(_))
         ));
         assert!(matches!(

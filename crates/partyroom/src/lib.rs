@@ -32,11 +32,12 @@
 //! ```
 //!
 //! The crates behind it: [`state`] (networking-free sync engine), [`room`] (room runtime),
-//! [`server`] (axum server).
+//! [`server`] (axum server), [`storage`] (SQLite and PostgreSQL backends).
 
 pub use partyroom_room as room;
 pub use partyroom_server as server;
 pub use partyroom_state as state;
+pub use partyroom_storage as storage;
 
 /// Everything a room definition needs.
 pub mod prelude {

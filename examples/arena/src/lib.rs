@@ -201,18 +201,47 @@ impl Room for Arena {
 /// The game page, served at `/` and `/rooms/<id>`.
 pub const PAGE: &str = include_str!("../static/index.html");
 
+/// Options of the demo server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where rooms are saved.
+    pub storage: std::sync::Arc<dyn partyroom::storage::Storage>,
+    /// Override of the arena's storage throttle (2.5 s).
+    pub storage_throttle: Option<std::time::Duration>,
+    /// Override of how long an empty room stays in memory (60 s).
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            storage: std::sync::Arc::new(partyroom::storage::MemoryStorage::new()),
+            storage_throttle: None,
+            idle_timeout: None,
+        }
+    }
+}
+
 /// The rooms of the demo: the arena in party `main`.
-pub fn rooms() -> Rooms {
+pub fn rooms(options: &Options) -> Rooms {
+    let mut config = Arena::config();
+    if let Some(t) = options.storage_throttle {
+        config = config.throttle_storage(t);
+    }
+    if let Some(t) = options.idle_timeout {
+        config = config.idle_timeout(t);
+    }
     Rooms::builder()
-        .room::<Arena>("main")
+        .room_with::<Arena>("main", config)
         .expect("the arena pattern is valid")
+        .storage(options.storage.clone())
         .build()
 }
 
 /// The demo server: the arena rooms plus the game page.
-pub fn server() -> Server {
+pub fn server(options: &Options) -> Server {
     let page = || async { axum::response::Html(PAGE) };
-    Server::new(rooms()).merge(
+    Server::new(rooms(options)).merge(
         axum::Router::new()
             .route("/", axum::routing::get(page))
             .route("/rooms/{id}", axum::routing::get(page)),

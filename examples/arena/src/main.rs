@@ -1,7 +1,11 @@
-//! `cargo run --release`: the arena demo on http://127.0.0.1:3000.
+//! `cargo run --release`: the arena demo on http://127.0.0.1:3000, saved to `partyroom.db`.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use partyroom::storage::{MemoryStorage, SqliteStorage, Storage};
 
 /// The partyroom arena demo server.
 #[derive(Parser, Debug)]
@@ -13,9 +17,19 @@ struct Args {
     /// Address to bind.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     host: String,
-    /// Keep room state in memory only.
-    #[arg(long)]
+    /// SQLite file where rooms and sessions are saved.
+    #[arg(long, env = "PARTYROOM_DB", default_value = "partyroom.db")]
+    db: String,
+    /// Keep rooms in memory only (nothing survives a restart).
+    #[arg(long, conflicts_with = "db")]
     memory: bool,
+    /// Save changes at most this many milliseconds after they happen (default: the arena's
+    /// 2,500 ms; 0 saves after every change).
+    #[arg(long)]
+    storage_throttle_ms: Option<u64>,
+    /// Unload a room this many milliseconds after its last client left (default 60,000).
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -26,12 +40,29 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let storage: Arc<dyn Storage> = if args.memory {
+        Arc::new(MemoryStorage::new())
+    } else {
+        Arc::new(
+            SqliteStorage::open(&args.db)
+                .await
+                .with_context(|| format!("opening {}", args.db))?,
+        )
+    };
+    let options = partyroom_arena::Options {
+        storage,
+        storage_throttle: args.storage_throttle_ms.map(Duration::from_millis),
+        idle_timeout: args.idle_timeout_ms.map(Duration::from_millis),
+    };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
     println!("partyroom listening on http://{addr}");
-    partyroom_arena::server()
+    if !args.memory {
+        tracing::info!(db = %args.db, "rooms are saved to SQLite");
+    }
+    partyroom_arena::server(&options)
         .serve(listener, shutdown_signal())
         .await?;
     Ok(())

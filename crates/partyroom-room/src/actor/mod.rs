@@ -591,7 +591,8 @@ impl<R: Room> RoomActor<R> {
     /// Find what handlers changed and hand the patch to the sync scheduler.
     fn flush_state(&mut self) {
         let flush = self.tracker.flush();
-        self.persist.rows_changed(flush.persist.rows(), self.config.throttle_storage);
+        self.persist
+            .rows_changed(flush.persist.rows(), self.config.throttle_storage);
         if let Some(patch) = flush.sync {
             for ready in self.sync.push(patch, Instant::now()) {
                 self.broadcast(sync_packet(&ready));

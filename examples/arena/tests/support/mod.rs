@@ -74,7 +74,9 @@ impl Drop for Arena {
 
 pub async fn http_get(port: u16, path: &str) -> Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
@@ -83,9 +85,8 @@ pub async fn http_get(port: u16, path: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|_| panic!("JSON body: {out}"))
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client that mirrors the room like the official client.
 pub struct Client {
