@@ -23,6 +23,8 @@ pub struct RoomConfig {
     pub(crate) outgoing_queue: usize,
     pub(crate) max_message_bytes: usize,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) auto_sync: bool,
+    pub(crate) transfer_expiry: Duration,
 }
 
 impl RoomConfig {
@@ -37,6 +39,8 @@ impl RoomConfig {
             outgoing_queue: 1024,
             max_message_bytes: 64 * 1024,
             idle_timeout: Some(Duration::from_secs(60)),
+            auto_sync: true,
+            transfer_expiry: Duration::from_secs(300),
         }
     }
 
@@ -112,6 +116,21 @@ impl RoomConfig {
     #[must_use]
     pub fn never_unload(mut self) -> Self {
         self.idle_timeout = None;
+        self
+    }
+
+    /// Start with automatic sync off (`autoSync = false`): changes wait for
+    /// [`crate::Cx::apply_sync`] (spec 6.9). Handlers can switch it at runtime.
+    #[must_use]
+    pub fn manual_sync(mut self) -> Self {
+        self.auto_sync = false;
+        self
+    }
+
+    /// How long a session transfer token stays valid. Default 5 minutes.
+    #[must_use]
+    pub fn transfer_expiry(mut self, after: Duration) -> Self {
+        self.transfer_expiry = after;
         self
     }
 

@@ -52,6 +52,19 @@ pub struct ConnectRequest {
     pub(crate) frames: mpsc::Sender<Bytes>,
     /// Fired when the room closes the connection.
     pub(crate) close: oneshot::Sender<CloseFrame>,
+    /// The connect guards already passed ([`crate::RoomHandle::admit`]).
+    pub(crate) admitted: bool,
+}
+
+impl ConnectRequest {
+    /// What guards see of this request.
+    pub fn info(&self) -> crate::handler::ConnectInfo {
+        crate::handler::ConnectInfo {
+            session_id: self.session_id.clone(),
+            query: self.query.clone(),
+            headers: self.headers.clone(),
+        }
+    }
 }
 
 /// The client side of a connection's channels: what a writer task (or a test) reads.
@@ -83,6 +96,7 @@ impl ConnectRequest {
                 headers,
                 frames: ftx,
                 close: ctx,
+                admitted: false,
             },
             ConnectionChannels {
                 frames: frx,
@@ -120,7 +134,7 @@ impl ConnInfo {
 /// The room's side of a live connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) info: ConnInfo,
+    pub(crate) info: std::sync::Arc<ConnInfo>,
     pub(crate) frames: mpsc::Sender<Bytes>,
     pub(crate) close: Option<oneshot::Sender<CloseFrame>>,
 }

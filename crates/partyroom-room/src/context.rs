@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::conn::{ConnId, ConnInfo};
 use crate::http::{RoomRequest, RoomResponse, body_error};
 use crate::pattern::Params;
+use crate::registry::{LookupError, RoomHandle, Rooms};
 
 /// A message a handler asked to send; delivered after the state patch the handler produced.
 #[derive(Debug, Clone)]
@@ -18,13 +19,56 @@ pub(crate) enum Outbound {
     All(Value),
 }
 
+/// A session transfer requested by a handler, carried out by the room after it.
+#[derive(Debug, Clone)]
+pub(crate) struct TransferOut {
+    pub(crate) token: String,
+    pub(crate) target: RoomHandle,
+    pub(crate) private_id: String,
+    pub(crate) public_id: String,
+}
+
+/// What handlers asked the room to do besides changing state.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    pub(crate) outbound: Vec<Outbound>,
+    pub(crate) auto_sync: Option<bool>,
+    pub(crate) apply_sync: bool,
+    pub(crate) transfers: Vec<TransferOut>,
+}
+
 /// Room-wide things every handler can reach.
 #[derive(Debug)]
 pub(crate) struct RoomScope<'a> {
     pub(crate) room_id: &'a str,
+    pub(crate) party: &'a str,
     pub(crate) params: &'a Params,
     pub(crate) rng: &'a mut fastrand::Rng,
-    pub(crate) outbox: &'a mut Vec<Outbound>,
+    pub(crate) effects: &'a mut Effects,
+    pub(crate) rooms: &'a Rooms,
+    pub(crate) me: &'a RoomHandle,
+    pub(crate) auto_sync: bool,
+}
+
+impl RoomScope<'_> {
+    fn push(&mut self, out: Outbound) {
+        self.effects.outbound.push(out);
+    }
+}
+
+/// Why a session transfer could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// Only a connection's handler can transfer its session.
+    #[error("no acting connection")]
+    NoConnection,
+    /// The room has no users collection, so there is no session to move.
+    #[error("this room has no users")]
+    NoUsers,
+    /// The target room does not exist.
+    #[error(transparent)]
+    Target(#[from] LookupError),
 }
 
 /// The context of a connection-related handler: actions, `on_join`, `on_leave`.
@@ -79,15 +123,73 @@ impl Cx<'_> {
     /// Send a JSON message to one connection.
     pub fn send_to(&mut self, conn: ConnId, message: &impl Serialize) {
         if let Ok(v) = serde_json::to_value(message) {
-            self.scope.outbox.push(Outbound::To(conn, v));
+            self.scope.push(Outbound::To(conn, v));
         }
     }
 
     /// Send a JSON message to every connection of the room, the sender included.
     pub fn broadcast(&mut self, message: &impl Serialize) {
         if let Ok(v) = serde_json::to_value(message) {
-            self.scope.outbox.push(Outbound::All(v));
+            self.scope.push(Outbound::All(v));
         }
+    }
+
+    /// Whether state changes are sent automatically (true unless switched off).
+    pub fn auto_sync(&self) -> bool {
+        self.scope.effects.auto_sync.unwrap_or(self.scope.auto_sync)
+    }
+
+    /// Switch automatic sync off (changes wait for [`Cx::apply_sync`]; joining clients wait
+    /// for their first packet) or back on (what waited is sent at once).
+    pub fn set_auto_sync(&mut self, on: bool) {
+        self.scope.effects.auto_sync = Some(on);
+    }
+
+    /// Send every change made while automatic sync was off, and their first packet to the
+    /// clients that joined meanwhile (spec 6.9).
+    pub fn apply_sync(&mut self) {
+        self.scope.effects.apply_sync = true;
+    }
+
+    /// All rooms of the process (for room-to-room requests from a spawned task).
+    pub fn rooms(&self) -> &Rooms {
+        self.scope.rooms
+    }
+
+    /// This room's handle: a spawned task uses [`RoomHandle::update`] to come back to the
+    /// room's state.
+    pub fn handle(&self) -> &RoomHandle {
+        self.scope.me
+    }
+
+    /// Move the acting user's session to another room of the same party. Returns a
+    /// single-use token; the client connects to the target room with `?transferToken=<token>`
+    /// (or with the same session id) and finds the same public id and user there. The room
+    /// must deliver the token to its client itself (for example with [`Cx::send`]).
+    ///
+    /// Only room code can create transfers: there is no public endpoint for it (quirk Q19
+    /// fixed).
+    pub fn transfer_session(&mut self, target_room: &str) -> Result<String, TransferError> {
+        let party = self.scope.party.to_owned();
+        self.transfer_session_to(&party, target_room)
+    }
+
+    /// Like [`Cx::transfer_session`], to a room of another party.
+    pub fn transfer_session_to(
+        &mut self,
+        party: &str,
+        target_room: &str,
+    ) -> Result<String, TransferError> {
+        let conn = self.conn.ok_or(TransferError::NoConnection)?;
+        let target = self.scope.rooms.get(party, target_room)?;
+        let token = crate::actor::secure_token();
+        self.scope.effects.transfers.push(TransferOut {
+            token: token.clone(),
+            target,
+            private_id: conn.private_id.clone(),
+            public_id: conn.public_id.clone(),
+        });
+        Ok(token)
     }
 }
 
@@ -131,8 +233,18 @@ impl HttpCx<'_> {
     /// Send a JSON message to every connection of the room.
     pub fn broadcast(&mut self, message: &impl Serialize) {
         if let Ok(v) = serde_json::to_value(message) {
-            self.scope.outbox.push(Outbound::All(v));
+            self.scope.push(Outbound::All(v));
         }
+    }
+
+    /// All rooms of the process.
+    pub fn rooms(&self) -> &Rooms {
+        self.scope.rooms
+    }
+
+    /// This room's handle.
+    pub fn handle(&self) -> &RoomHandle {
+        self.scope.me
     }
 
     /// The body as JSON of type `T`, or the response to return: `400 {"error":"Failed to parse

@@ -9,8 +9,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::conn::ConnInfo;
 use crate::context::{Cx, HttpCx};
+use crate::http::RoomRequest;
 use crate::http::{IntoRoomResponse, RoomResponse, RoutePath};
+use crate::storage::BoxFuture;
+use std::sync::Arc;
 
 /// Why an action message was not run. Rejected messages change nothing, are logged at debug
 /// level and are otherwise dropped silently, as in `@signe/room` (spec 7.1); the connection
@@ -172,11 +176,101 @@ pub(crate) type RestoreFn = Box<dyn Fn(&mut Value) + Send + Sync>;
 pub(crate) type UserRestoreFn = Box<dyn Fn(&str, &mut Value) + Send + Sync>;
 pub(crate) type GuardFn<R> = Box<dyn Fn(&R, &Cx<'_>, &Value) -> bool + Send + Sync>;
 pub(crate) type RouteFn<R> = Box<dyn Fn(&mut R, &mut HttpCx<'_>) -> RoomResponse + Send + Sync>;
+pub(crate) type RequestGuardFn<R> =
+    Box<dyn Fn(&R, &HttpCx<'_>) -> Result<(), RoomResponse> + Send + Sync>;
+pub(crate) type ConnectGuardFn<R> =
+    Box<dyn Fn(&R, &ConnectInfo) -> Result<(), Refusal> + Send + Sync>;
+pub(crate) type InterceptFn<R> = Box<dyn Fn(&R, &ConnInfo, &Value) -> Intercept + Send + Sync>;
+pub(crate) type SessionRestoreFn = Box<dyn Fn(&str, &mut Value) + Send + Sync>;
+
+/// An async connect guard: runs before the room sees the connection, outside the room's task
+/// (so it may call other services); it sees the request, not the room state.
+pub type AsyncConnectGuard =
+    Arc<dyn Fn(Arc<ConnectInfo>) -> BoxFuture<'static, Result<(), Refusal>> + Send + Sync>;
+
+/// An async request guard: runs before the request reaches the room, outside its task.
+pub type AsyncRequestGuard =
+    Arc<dyn Fn(Arc<RoomRequest>) -> BoxFuture<'static, Result<(), RoomResponse>> + Send + Sync>;
 
 pub(crate) struct Route<R> {
     pub(crate) method: Method,
     pub(crate) path: RoutePath,
     pub(crate) handler: RouteFn<R>,
+    pub(crate) guards: Vec<RequestGuardFn<R>>,
+}
+
+/// What a connecting client presented: its upgrade request, as guards see it.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectInfo {
+    /// The private session id (`id` or `_pk`), if any.
+    pub session_id: Option<String>,
+    /// Query parameters of the connect URL.
+    pub query: Vec<(String, String)>,
+    /// Headers of the upgrade request.
+    pub headers: http::HeaderMap,
+}
+
+impl ConnectInfo {
+    /// A query parameter.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A header, if it is valid text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A connect guard's refusal. Before the WebSocket upgrade the client gets an HTTP response
+/// with `status` and `{"error": reason}`; a refusal after the upgrade closes the socket with
+/// code `4000 + status` (4401, 4403...) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// 401, 403, 429...
+    pub status: http::StatusCode,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// 401 Unauthorized.
+    pub fn unauthorized(reason: impl Into<String>) -> Self {
+        Self {
+            status: http::StatusCode::UNAUTHORIZED,
+            reason: reason.into(),
+        }
+    }
+
+    /// 403 Forbidden.
+    pub fn forbidden(reason: impl Into<String>) -> Self {
+        Self {
+            status: http::StatusCode::FORBIDDEN,
+            reason: reason.into(),
+        }
+    }
+
+    /// The close frame used when the socket is already open.
+    pub fn close_frame(&self) -> crate::CloseFrame {
+        crate::CloseFrame {
+            code: 4000 + self.status.as_u16(),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// What an interceptor decides for one packet and one connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intercept {
+    /// Send the packet as it is (its bytes are shared with every other receiver).
+    Keep,
+    /// Do not send it to this connection.
+    Drop,
+    /// Send this instead (serialized for this connection only).
+    Replace(Value),
 }
 
 /// The handlers of a room type, registered once in [`crate::Room::handlers`].
@@ -208,6 +302,12 @@ pub struct Handlers<R> {
     pub(crate) fallback_guards: Vec<GuardFn<R>>,
     pub(crate) on_storage_restore: Option<RestoreFn>,
     pub(crate) on_user_storage_restore: Option<UserRestoreFn>,
+    pub(crate) on_session_restore: Option<SessionRestoreFn>,
+    pub(crate) request_guards: Vec<RequestGuardFn<R>>,
+    pub(crate) connect_guards: Vec<ConnectGuardFn<R>>,
+    pub(crate) interceptor: Option<InterceptFn<R>>,
+    pub(crate) async_connect_guards: Vec<AsyncConnectGuard>,
+    pub(crate) async_request_guards: Vec<AsyncRequestGuard>,
 }
 
 impl<R> Default for Handlers<R> {
@@ -223,6 +323,12 @@ impl<R> Default for Handlers<R> {
             fallback_guards: Vec::new(),
             on_storage_restore: None,
             on_user_storage_restore: None,
+            on_session_restore: None,
+            request_guards: Vec::new(),
+            connect_guards: Vec::new(),
+            interceptor: None,
+            async_connect_guards: Vec::new(),
+            async_request_guards: Vec::new(),
         }
     }
 }
@@ -360,7 +466,91 @@ impl<R: 'static> Handlers<R> {
             method,
             path: RoutePath::parse(path),
             handler: Box::new(move |room, cx| handler(room, cx).into_room_response()),
+            guards: Vec::new(),
         });
+        self
+    }
+
+    /// Guard the routes registered so far for `method path` (`@Guard` on a `@Request`
+    /// handler): an `Err` response is returned instead of running the handler. Use
+    /// [`RoomResponse::not_permitted`] for the original's `403 {"error":"Not permitted"}`.
+    pub fn route_guard<F>(&mut self, method: Method, path: &str, guard: F) -> &mut Self
+    where
+        F: Fn(&R, &HttpCx<'_>) -> Result<(), RoomResponse> + Send + Sync + Clone + 'static,
+    {
+        let path = RoutePath::parse(path);
+        for route in self
+            .routes
+            .iter_mut()
+            .filter(|r| r.method == method && r.path == path)
+        {
+            route.guards.push(Box::new(guard.clone()));
+        }
+        self
+    }
+
+    /// Guard every HTTP route of the room (runs before the route's own guards).
+    pub fn request_guard<F>(&mut self, guard: F) -> &mut Self
+    where
+        F: Fn(&R, &HttpCx<'_>) -> Result<(), RoomResponse> + Send + Sync + 'static,
+    {
+        self.request_guards.push(Box::new(guard));
+        self
+    }
+
+    /// Guard every HTTP request of the room with an async check that runs before the room
+    /// sees the request (outside the room's task).
+    pub fn request_guard_async<F, Fut>(&mut self, guard: F) -> &mut Self
+    where
+        F: Fn(Arc<RoomRequest>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), RoomResponse>> + Send + 'static,
+    {
+        self.async_request_guards
+            .push(Arc::new(move |req| Box::pin(guard(req))));
+        self
+    }
+
+    /// Guard connections with the room state at hand: runs before the session and user are
+    /// set up; a refusal changes nothing in the room.
+    pub fn connect_guard<F>(&mut self, guard: F) -> &mut Self
+    where
+        F: Fn(&R, &ConnectInfo) -> Result<(), Refusal> + Send + Sync + 'static,
+    {
+        self.connect_guards.push(Box::new(guard));
+        self
+    }
+
+    /// Guard connections with an async check (a token lookup, another service) that runs
+    /// before the WebSocket upgrade, outside the room's task.
+    pub fn connect_guard_async<F, Fut>(&mut self, guard: F) -> &mut Self
+    where
+        F: Fn(Arc<ConnectInfo>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), Refusal>> + Send + 'static,
+    {
+        self.async_connect_guards
+            .push(Arc::new(move |info| Box::pin(guard(info))));
+        self
+    }
+
+    /// Look at every outgoing packet for every connection (sync patches, the first packet,
+    /// `user_disconnected`, `send`/`broadcast`) and keep, drop or replace it
+    /// (`interceptorPacket`). The packet is the whole envelope, e.g.
+    /// `{"type":"sync","value":{...}}`. Packets kept as they are still share their bytes.
+    pub fn intercept<F>(&mut self, interceptor: F) -> &mut Self
+    where
+        F: Fn(&R, &ConnInfo, &Value) -> Intercept + Send + Sync + 'static,
+    {
+        self.interceptor = Some(Box::new(interceptor));
+        self
+    }
+
+    /// Rewrite a transferred user's snapshot (public id, snapshot) before the target room
+    /// loads it (`onSessionRestore`).
+    pub fn on_session_restore<F>(&mut self, hook: F) -> &mut Self
+    where
+        F: Fn(&str, &mut Value) + Send + Sync + 'static,
+    {
+        self.on_session_restore = Some(Box::new(hook));
         self
     }
 

@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actor::{ConnectError, Persistence, RoomActor, RoomMsg, Unload};
+use crate::actor::{ActorIds, ConnectError, Persistence, RoomActor, RoomMsg, RunFn, Unload};
 use crate::config::RoomConfig;
 use crate::conn::{ConnId, ConnectRequest};
+use crate::context::Cx;
 use crate::handler::Handlers;
+use crate::handler::{AsyncConnectGuard, AsyncRequestGuard};
 use crate::http::{RoomRequest, RoomResponse};
 use crate::pattern::{Params, PatternError, RoomPattern};
 use crate::room::Room;
@@ -25,8 +27,16 @@ const MAILBOX: usize = 1024;
 #[derive(Clone)]
 pub struct RoomHandle {
     id: Arc<str>,
-    tx: mpsc::Sender<RoomMsg>,
+    pub(crate) tx: mpsc::Sender<RoomMsg>,
     config: Arc<RoomConfig>,
+    admission: Arc<Admission>,
+}
+
+/// The async guards of a room type; they run in the caller's task, before the room is asked.
+#[derive(Default)]
+struct Admission {
+    connect: Vec<AsyncConnectGuard>,
+    request: Vec<AsyncRequestGuard>,
 }
 
 impl fmt::Debug for RoomHandle {
@@ -51,8 +61,35 @@ impl RoomHandle {
         &self.config
     }
 
-    /// Connect a client. On success the first packet is already queued on its channels.
+    /// Run the connect guards (async ones here, state-aware ones in the room) without
+    /// connecting; the server calls this before the WebSocket upgrade so a refused client gets
+    /// an HTTP error. Marks the request as admitted.
+    pub async fn admit(&self, request: &mut ConnectRequest) -> Result<(), ConnectError> {
+        let info = Arc::new(request.info());
+        for guard in &self.admission.connect {
+            guard(info.clone()).await.map_err(ConnectError::Refused)?;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(RoomMsg::Admit(info, tx))
+            .await
+            .map_err(|_| ConnectError::RoomGone)?;
+        rx.await
+            .map_err(|_| ConnectError::RoomGone)?
+            .map_err(ConnectError::Refused)?;
+        request.admitted = true;
+        Ok(())
+    }
+
+    /// Connect a client (running the guards first unless [`RoomHandle::admit`] did). On
+    /// success the first packet is already queued on its channels.
     pub async fn connect(&self, request: ConnectRequest) -> Result<ConnId, ConnectError> {
+        if !request.admitted && !self.admission.connect.is_empty() {
+            let info = Arc::new(request.info());
+            for guard in &self.admission.connect {
+                guard(info.clone()).await.map_err(ConnectError::Refused)?;
+            }
+        }
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(RoomMsg::Connect(request, tx))
@@ -74,8 +111,16 @@ impl RoomHandle {
         let _ = self.tx.send(RoomMsg::Disconnect(conn)).await;
     }
 
-    /// Send an HTTP request to the room.
+    /// Send an HTTP request to the room (its async request guards run first, here).
     pub async fn request(&self, request: RoomRequest) -> Result<RoomResponse, RoomGone> {
+        if !self.admission.request.is_empty() {
+            let shared = Arc::new(request.clone());
+            for guard in &self.admission.request {
+                if let Err(response) = guard(shared.clone()).await {
+                    return Ok(response);
+                }
+            }
+        }
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(RoomMsg::Request(request, tx))
@@ -87,6 +132,29 @@ impl RoomHandle {
     /// True once the room task has stopped.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Run a closure on the room's state, in the room's task, and return its result; the
+    /// changes it makes are synced and saved like a handler's. This is how a task spawned by
+    /// a handler (after a room-to-room request, say) comes back to the room. `R` must be the
+    /// room's type; for another type the closure is not run and `RoomGone` is returned.
+    pub async fn update<R, T, F>(&self, f: F) -> Result<T, RoomGone>
+    where
+        R: Room,
+        T: Send + 'static,
+        F: FnOnce(&mut R, &mut Cx<'_>) -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let run: RunFn = Box::new(move |state, cx| {
+            if let Some(room) = state.downcast_mut::<R>() {
+                let _ = tx.send(f(room, cx));
+            }
+        });
+        self.tx
+            .send(RoomMsg::Run(run))
+            .await
+            .map_err(|_| RoomGone)?;
+        rx.await.map_err(|_| RoomGone)
     }
 
     /// Save everything, close every connection (1001) and stop the room.
@@ -129,12 +197,14 @@ struct Spawn<'a> {
     seed: Option<u64>,
     storage: Arc<dyn Storage>,
     live: LiveRooms,
+    rooms: Rooms,
 }
 
 struct Kind<R: Room> {
     pattern: RoomPattern,
     config: Arc<RoomConfig>,
     handlers: Arc<Handlers<R>>,
+    admission: Arc<Admission>,
 }
 
 impl<R: Room> RoomKind for Kind<R> {
@@ -149,12 +219,23 @@ impl<R: Room> RoomKind for Kind<R> {
             .seed
             .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
         let persist = Persistence::new(spawn.storage, RoomKey::new(spawn.party, spawn.id));
+        let handle = RoomHandle {
+            id: id.clone(),
+            tx: tx.clone(),
+            config: self.config.clone(),
+            admission: self.admission.clone(),
+        };
         let actor = RoomActor::new(
-            id.clone(),
-            spawn.params,
-            self.config.clone(),
+            ActorIds {
+                party: Arc::from(spawn.party),
+                id: id.clone(),
+                params: spawn.params,
+                config: self.config.clone(),
+                rng,
+                rooms: spawn.rooms,
+                me: handle.clone(),
+            },
             self.handlers.clone(),
-            rng,
             persist,
         );
         let unload = Unload {
@@ -162,11 +243,7 @@ impl<R: Room> RoomKind for Kind<R> {
             tx: tx.clone(),
         };
         tokio::spawn(actor.run(rx, unload));
-        RoomHandle {
-            id,
-            tx,
-            config: self.config.clone(),
-        }
+        handle
     }
 }
 
@@ -247,6 +324,10 @@ impl RoomsBuilder {
         let pattern = RoomPattern::parse(config.path())?;
         let mut handlers = Handlers::default();
         R::handlers(&mut handlers);
+        let admission = Arc::new(Admission {
+            connect: std::mem::take(&mut handlers.async_connect_guards),
+            request: std::mem::take(&mut handlers.async_request_guards),
+        });
         self.parties
             .entry(party.to_owned())
             .or_default()
@@ -254,6 +335,7 @@ impl RoomsBuilder {
                 pattern,
                 config: Arc::new(config),
                 handlers: Arc::new(handlers),
+                admission,
             }));
         Ok(self)
     }
@@ -329,6 +411,7 @@ impl Rooms {
             seed,
             storage: self.storage.clone(),
             live: p.live.clone(),
+            rooms: self.clone(),
         });
         live.insert(room_id.to_owned(), handle.clone());
         Ok(handle)
@@ -366,6 +449,25 @@ impl Rooms {
         for rx in waits {
             let _ = rx.await;
         }
+    }
+
+    /// Send an HTTP request to a room (a room-to-room call from a spawned task, a tool...).
+    pub async fn request(
+        &self,
+        party: &str,
+        room_id: &str,
+        request: RoomRequest,
+    ) -> Result<RoomResponse, LookupError> {
+        for _ in 0..3 {
+            let handle = self.get(party, room_id)?;
+            if let Ok(response) = handle.request(request.clone()).await {
+                return Ok(response);
+            }
+        }
+        Ok(RoomResponse::error(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "Room unavailable",
+        ))
     }
 
     /// Number of live room instances.

@@ -254,12 +254,12 @@ pub fn unescape_segment(segment: &str) -> String {
     while let Some(i) = rest.find('%') {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
-        if tail.starts_with("%25") {
+        if let Some(after) = tail.strip_prefix("%25") {
             out.push('%');
-            rest = &tail[3..];
-        } else if tail.starts_with("%2F") {
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("%2F") {
             out.push('/');
-            rest = &tail[3..];
+            rest = after;
         } else {
             out.push('%');
             rest = &tail[1..];

@@ -175,6 +175,33 @@ impl Ctx {
         for ((_, got), want) in listed.iter().zip(&values) {
             assert_eq!(got, want, "{:?}: list of {want}", self.storage);
         }
+        // Floats come back bit for bit: 500 finite doubles spread over the whole range
+        // (a fixed xorshift sequence of bit patterns), in one value.
+        let mut bits: u64 = 0x9E37_79B9_7F4A_7C15;
+        let floats: Vec<f64> = std::iter::from_fn(|| {
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            Some(f64::from_bits(bits))
+        })
+        .filter(|f| f.is_finite())
+        .take(500)
+        .collect();
+        self.put(&room, "floats", json!(floats)).await;
+        let got = self.get(&room, "floats").await;
+        let got: Vec<f64> = got
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        assert_eq!(got.len(), floats.len(), "{:?}: floats", self.storage);
+        for (got, want) in got.iter().zip(&floats) {
+            assert!(
+                got == want,
+                "{:?}: float {want:e} came back as {got:e}",
+                self.storage
+            );
+        }
         // A large value.
         let big = json!({"rows": (0..2000).map(|i| json!({"i": i, "s": "x".repeat(20)})).collect::<Vec<_>>()});
         self.put(&room, "big", big.clone()).await;

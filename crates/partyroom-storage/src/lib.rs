@@ -1,6 +1,6 @@
 //! Durable storage backends for partyroom rooms.
 //!
-//! Both backends implement [`Storage`](partyroom_room::storage::Storage) from
+//! Both backends implement [`Storage`] from
 //! `partyroom-room` (the trait, [`RoomKey`], [`Batch`] and the in-memory
 //! [`MemoryStorage`] live there and are re-exported here):
 //!

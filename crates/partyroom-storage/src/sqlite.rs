@@ -661,11 +661,11 @@ mod tests {
         )
         .unwrap();
         side.execute(
-            "INSERT INTO partyroom_storage VALUES ('main', 'r1', 'num', 42)",
+            "INSERT INTO partyroom_storage VALUES ('main', 'r1', 'blob', x'00ff')",
             [],
         )
         .unwrap();
-        for key in ["bad", "num"] {
+        for key in ["bad", "blob"] {
             match store.get(&room(), key).await {
                 Err(StorageError::Corrupt { key: k, reason }) => {
                     assert_eq!(k, key);
@@ -781,7 +781,8 @@ mod tests {
         let clone = store.clone();
         // A write whose future is dropped after it was sent still lands; flush waits for it.
         {
-            let fut = store.put(&room(), "dropped", json!(true));
+            let r = room();
+            let fut = store.put(&r, "dropped", json!(true));
             let mut fut = std::pin::pin!(fut);
             let waker = std::task::Waker::noop();
             let _ = fut

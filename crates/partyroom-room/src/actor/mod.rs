@@ -17,10 +17,11 @@ use tokio::time::Instant;
 
 use crate::config::RoomConfig;
 use crate::conn::{CloseFrame, Conn, ConnId, ConnInfo, ConnectRequest, Push};
-use crate::context::{Cx, HttpCx, Outbound, RoomScope};
-use crate::handler::{Handlers, Rejection};
+use crate::context::{Cx, Effects, HttpCx, Outbound, RoomScope, TransferOut};
+use crate::handler::{ConnectInfo, Handlers, Intercept, Refusal, Rejection};
 use crate::http::{RoomRequest, RoomResponse};
 use crate::pattern::Params;
+use crate::registry::{RoomHandle, Rooms};
 use crate::room::Room;
 use crate::sync::{SyncScheduler, initial_packet, json_frame, sync_packet};
 
@@ -28,7 +29,6 @@ mod persist;
 pub(crate) use persist::Persistence;
 
 /// Messages a room actor handles.
-#[derive(Debug)]
 pub(crate) enum RoomMsg {
     Connect(
         ConnectRequest,
@@ -39,6 +39,49 @@ pub(crate) enum RoomMsg {
     Request(RoomRequest, oneshot::Sender<RoomResponse>),
     /// Save everything, close every connection (1001) and stop.
     Shutdown(oneshot::Sender<()>),
+    /// Run the room's connect guards.
+    Admit(Arc<ConnectInfo>, oneshot::Sender<Result<(), Refusal>>),
+    /// Run a closure on the room state (from a task spawned by a handler).
+    Run(RunFn),
+    /// A session moved here from another room.
+    TransferIn(TransferIn),
+}
+
+impl std::fmt::Debug for RoomMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RoomMsg::Connect(..) => "Connect",
+            RoomMsg::Message(..) => "Message",
+            RoomMsg::Disconnect(..) => "Disconnect",
+            RoomMsg::Request(..) => "Request",
+            RoomMsg::Shutdown(..) => "Shutdown",
+            RoomMsg::Admit(..) => "Admit",
+            RoomMsg::Run(..) => "Run",
+            RoomMsg::TransferIn(..) => "TransferIn",
+        })
+    }
+}
+
+/// A closure sent to a room; the state arrives as `&mut dyn Any` and is downcast.
+pub(crate) type RunFn = Box<dyn FnOnce(&mut dyn std::any::Any, &mut Cx<'_>) + Send>;
+
+/// A session transferred from another room.
+#[derive(Debug)]
+pub(crate) struct TransferIn {
+    pub(crate) token: String,
+    pub(crate) private_id: String,
+    pub(crate) public_id: String,
+    /// The user's persisted view in the source room.
+    pub(crate) user: Value,
+}
+
+/// A transfer token waiting for its client.
+#[derive(Debug, Clone)]
+pub(crate) struct Transfer {
+    private_id: String,
+    created: Instant,
+    created_ms: u64,
+    public_id: String,
 }
 
 /// Why a connection was not accepted.
@@ -51,6 +94,9 @@ pub enum ConnectError {
     /// The room instance stopped.
     #[error("room is gone")]
     RoomGone,
+    /// A connect guard refused the client.
+    #[error("refused: {}", .0.reason)]
+    Refused(Refusal),
 }
 
 impl ConnectError {
@@ -65,6 +111,7 @@ impl ConnectError {
                 code: 1011,
                 reason: "room is unavailable".into(),
             },
+            ConnectError::Refused(refusal) => refusal.close_frame(),
         }
     }
 }
@@ -101,11 +148,48 @@ pub(crate) struct RoomActor<R: Room> {
     expiries: BTreeSet<(Instant, String)>,
     sync: SyncScheduler,
     rng: fastrand::Rng,
-    outbox: Vec<Outbound>,
+    effects: Effects,
     slow: Vec<ConnId>,
     persist: persist::Persistence,
+    party: Arc<str>,
+    rooms: Rooms,
+    me: RoomHandle,
+    /// Automatic sync (spec 6.9); when off, patches wait in `manual_pending`.
+    auto_sync: bool,
+    manual_pending: Vec<Value>,
+    /// Connections waiting for their first packet while automatic sync is off.
+    pending_initial: Vec<ConnId>,
+    transfers: HashMap<String, Transfer>,
     /// Since when the room has had no connection (for unloading).
     idle_since: Option<Instant>,
+}
+
+/// Identity and surroundings of a room instance.
+pub(crate) struct ActorIds {
+    pub(crate) party: Arc<str>,
+    pub(crate) id: Arc<str>,
+    pub(crate) params: Params,
+    pub(crate) config: Arc<RoomConfig>,
+    pub(crate) rng: fastrand::Rng,
+    pub(crate) rooms: Rooms,
+    pub(crate) me: RoomHandle,
+}
+
+/// Build the [`RoomScope`] of a handler from the actor's fields (a macro, so the borrows stay
+/// field by field).
+macro_rules! scope {
+    ($s:ident) => {
+        RoomScope {
+            room_id: &$s.id,
+            party: &$s.party,
+            params: &$s.params,
+            rng: &mut $s.rng,
+            effects: &mut $s.effects,
+            rooms: &$s.rooms,
+            me: &$s.me,
+            auto_sync: $s.auto_sync,
+        }
+    };
 }
 
 /// What the actor needs from the registry to unload itself.
@@ -116,19 +200,27 @@ pub(crate) struct Unload {
 
 impl<R: Room> RoomActor<R> {
     pub(crate) fn new(
-        id: Arc<str>,
-        params: Params,
-        config: Arc<RoomConfig>,
+        ids: ActorIds,
         handlers: Arc<Handlers<R>>,
-        rng: fastrand::Rng,
         persist: persist::Persistence,
     ) -> Self {
+        let ActorIds {
+            party,
+            id,
+            params,
+            config,
+            rng,
+            rooms,
+            me,
+        } = ids;
         let state = R::init(&id, &params);
         Self {
             persist,
             idle_since: Some(Instant::now()),
             sync: SyncScheduler::new(config.throttle_sync),
+            auto_sync: config.auto_sync,
             id,
+            party,
             params,
             config,
             handlers,
@@ -138,8 +230,13 @@ impl<R: Room> RoomActor<R> {
             sessions: HashMap::new(),
             expiries: BTreeSet::new(),
             rng,
-            outbox: Vec::new(),
+            effects: Effects::default(),
             slow: Vec::new(),
+            rooms,
+            me,
+            manual_pending: Vec::new(),
+            pending_initial: Vec::new(),
+            transfers: HashMap::new(),
         }
     }
 
@@ -206,6 +303,21 @@ impl<R: Room> RoomActor<R> {
             RoomMsg::Shutdown(reply) => {
                 let _ = reply.send(());
             }
+            RoomMsg::Admit(info, reply) => {
+                let _ = reply.send(self.admit(&info));
+            }
+            RoomMsg::Run(f) => {
+                let mut cx = Cx {
+                    scope: scope!(self),
+                    conn: None,
+                };
+                let state: &mut dyn std::any::Any = self.tracker.state_mut();
+                if catch_unwind(AssertUnwindSafe(|| f(state, &mut cx))).is_err() {
+                    tracing::error!(room = %self.id, "room update panicked");
+                }
+                self.after_handler();
+            }
+            RoomMsg::TransferIn(t) => self.transfer_in(t),
         }
         self.drop_slow();
         self.idle_since = if self.conns.is_empty() {
@@ -234,7 +346,7 @@ impl<R: Room> RoomActor<R> {
     fn on_timer(&mut self) {
         let now = Instant::now();
         if let Some(patch) = self.sync.fire(now) {
-            self.broadcast(sync_packet(&patch));
+            self.send_patch(&patch);
         }
         while let Some((at, _)) = self.expiries.first() {
             if *at > now {
@@ -260,14 +372,56 @@ impl<R: Room> RoomActor<R> {
 
     // ----- connections -------------------------------------------------------------------
 
+    /// Run the connect guards that need the room state.
+    fn admit(&self, info: &ConnectInfo) -> Result<(), Refusal> {
+        let state = self.tracker.state();
+        for guard in &self.handlers.connect_guards {
+            match catch_unwind(AssertUnwindSafe(|| guard(state, info))) {
+                Ok(Ok(())) => {}
+                Ok(Err(refusal)) => return Err(refusal),
+                Err(_) => {
+                    tracing::error!(room = %self.id, "connect guard panicked");
+                    return Err(Refusal::forbidden("guard failed"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn on_connect(&mut self, req: ConnectRequest) -> Result<ConnId, ConnectError> {
+        if !req.admitted && !self.handlers.connect_guards.is_empty() {
+            self.admit(&req.info()).map_err(ConnectError::Refused)?;
+        }
         let conn_id = self.next_conn;
         self.next_conn += 1;
         let has_users = R::USERS_FIELD.is_some();
-        let private_id = req
+        let mut private_id = req
             .session_id
             .clone()
             .unwrap_or_else(|| format!("{}:{conn_id}", random_id(&mut self.rng, 16)));
+        // A transfer token adopts the session prepared by the source room (single use).
+        if let Some(token) = req
+            .query
+            .iter()
+            .find(|(k, _)| k == "transferToken")
+            .map(|(_, v)| v.clone())
+            && let Some(transfer) = self.take_transfer(&token)
+        {
+            private_id = transfer.private_id.clone();
+            if has_users && !self.sessions.contains_key(&private_id) {
+                // The session was removed meanwhile: re-create it for the transferred user.
+                self.sessions.insert(
+                    private_id.clone(),
+                    Session {
+                        public_id: transfer.public_id,
+                        live: 0,
+                        created_ms: now_ms(),
+                        disconnected: None,
+                        disconnected_ms: None,
+                    },
+                );
+            }
+        }
 
         let public_id = if has_users {
             match self.sessions.get(&private_id) {
@@ -324,21 +478,23 @@ impl<R: Room> RoomActor<R> {
             user.set_connected(true);
         }
 
-        let info = ConnInfo {
+        let ConnectRequest {
+            query,
+            headers,
+            frames,
+            close,
+            ..
+        } = req;
+        let info = Arc::new(ConnInfo {
             id: conn_id,
             private_id,
             public_id: public_id.clone(),
-            query: req.query,
-            headers: req.headers,
-        };
+            query,
+            headers,
+        });
         if let Some(hook) = &self.handlers.on_join {
             let mut cx = Cx {
-                scope: RoomScope {
-                    room_id: &self.id,
-                    params: &self.params,
-                    rng: &mut self.rng,
-                    outbox: &mut self.outbox,
-                },
+                scope: scope!(self),
                 conn: Some(&info),
             };
             let state = self.tracker.state_mut();
@@ -349,24 +505,49 @@ impl<R: Room> RoomActor<R> {
         // Others see the join as one coalesced patch; the new client is not listed yet and
         // gets the full snapshot instead.
         self.flush_state();
-        let first = initial_packet(&public_id, &self.tracker.sync_snapshot());
         let conn = Conn {
             info,
-            frames: req.frames,
-            close: Some(req.close),
+            frames,
+            close: Some(close),
         };
-        if conn.push(first) == Push::Full {
-            self.slow.push(conn_id);
-        }
         self.conns.insert(conn_id, conn);
-        self.deliver_outbox();
+        if self.auto_sync {
+            self.send_initial(conn_id);
+        } else {
+            self.pending_initial.push(conn_id);
+        }
+        self.after_handler();
         Ok(conn_id)
+    }
+
+    /// The first packet of a connection: its public id and the full synced state.
+    fn send_initial(&mut self, conn_id: ConnId) {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let snapshot = self.tracker.sync_snapshot();
+        let frame = initial_packet(&conn.info.public_id, &snapshot);
+        let envelope = self
+            .handlers
+            .interceptor
+            .as_ref()
+            .map(|_| json!({"type": "sync", "value": {"pId": conn.info.public_id}}))
+            .map(|mut env| {
+                if let (Value::Object(v), Value::Object(snap)) = (&mut env["value"], snapshot) {
+                    for (k, val) in snap {
+                        v.entry(k).or_insert(val);
+                    }
+                }
+                env
+            });
+        self.deliver(Some(conn_id), envelope.as_ref(), frame);
     }
 
     fn on_disconnect(&mut self, conn_id: ConnId) {
         let Some(conn) = self.conns.shift_remove(&conn_id) else {
             return;
         };
+        self.pending_initial.retain(|c| *c != conn_id);
         if R::USERS_FIELD.is_none() {
             return;
         }
@@ -395,12 +576,7 @@ impl<R: Room> RoomActor<R> {
         };
         if let Some(hook) = &self.handlers.on_leave {
             let mut cx = Cx {
-                scope: RoomScope {
-                    room_id: &self.id,
-                    params: &self.params,
-                    rng: &mut self.rng,
-                    outbox: &mut self.outbox,
-                },
+                scope: scope!(self),
                 conn: Some(&info),
             };
             let state = self.tracker.state_mut();
@@ -410,11 +586,10 @@ impl<R: Room> RoomActor<R> {
         }
         self.flush_state();
         if !has_flag {
-            self.broadcast(json_frame(
-                &json!({"type":"user_disconnected","value":{"publicId": info.public_id}}),
-            ));
+            let packet = json!({"type":"user_disconnected","value":{"publicId": info.public_id}});
+            self.deliver(None, Some(&packet), json_frame(&packet));
         }
-        self.deliver_outbox();
+        self.after_handler();
     }
 
     fn expire_session(&mut self, private_id: &str, now: Instant) {
@@ -463,6 +638,86 @@ impl<R: Room> RoomActor<R> {
         }
     }
 
+    // ----- session transfer ---------------------------------------------------------------
+
+    /// Source side: hand the user's session to the target room (after the handler that asked).
+    fn transfer_out(&mut self, t: TransferOut) {
+        let user = self
+            .tracker
+            .state()
+            .users()
+            .and_then(|u| u.get(&t.public_id))
+            .map(partyroom_state::Tracked::persist_view)
+            .unwrap_or(Value::Null);
+        let msg = RoomMsg::TransferIn(TransferIn {
+            token: t.token,
+            private_id: t.private_id,
+            public_id: t.public_id,
+            user,
+        });
+        // `try_send` keeps the order: the transfer is queued in the target before the client
+        // can even learn its token.
+        if t.target.tx.try_send(msg).is_err() {
+            tracing::warn!(room = %self.id, target = %t.target.id(), "session transfer dropped: target busy or gone");
+        }
+    }
+
+    /// Target side: prepare the session and the user, and remember the token.
+    fn transfer_in(&mut self, t: TransferIn) {
+        let now = Instant::now();
+        if R::USERS_FIELD.is_some() {
+            let mut snapshot = t.user;
+            if let Some(hook) = &self.handlers.on_session_restore {
+                hook(&t.public_id, &mut snapshot);
+            }
+            let mut user = <R::User as Default>::default();
+            if !snapshot.is_null()
+                && let Err(err) = partyroom_state::load_into(&mut user, &snapshot)
+            {
+                tracing::warn!(room = %self.id, %err, "transferred user does not fit; starting fresh");
+            }
+            user.set_connected(false);
+            if let Some(users) = self.tracker.state_mut().users_mut() {
+                users.insert(t.public_id.clone(), user);
+            }
+            let wall = now_ms();
+            // Not connected yet: if the client never comes, the session expires as usual.
+            self.sessions.insert(
+                t.private_id.clone(),
+                Session {
+                    public_id: t.public_id.clone(),
+                    live: 0,
+                    created_ms: wall,
+                    disconnected: Some(now),
+                    disconnected_ms: Some(wall),
+                },
+            );
+            if let Some(after) = self.config.session_expiry {
+                self.expiries.insert((now + after, t.private_id.clone()));
+            }
+            self.persist.session_changed(&t.private_id);
+        }
+        self.persist.transfer_changed(&t.token);
+        self.transfers.insert(
+            t.token,
+            Transfer {
+                private_id: t.private_id,
+                public_id: t.public_id,
+                created: now,
+                created_ms: now_ms(),
+            },
+        );
+        self.flush_state();
+        self.after_handler();
+    }
+
+    /// Consume a token: single use, ignored once expired.
+    fn take_transfer(&mut self, token: &str) -> Option<Transfer> {
+        let t = self.transfers.remove(token)?;
+        self.persist.transfer_changed(token);
+        (t.created.elapsed() < self.config.transfer_expiry).then_some(t)
+    }
+
     // ----- actions ------------------------------------------------------------------------
 
     fn on_message(&mut self, conn_id: ConnId, text: &[u8]) {
@@ -470,7 +725,7 @@ impl<R: Room> RoomActor<R> {
             tracing::debug!(room = %self.id, conn = conn_id, %rejection, "message dropped");
         }
         self.flush_state();
-        self.deliver_outbox();
+        self.after_handler();
     }
 
     fn run_action(&mut self, conn_id: ConnId, text: &[u8]) -> Result<(), Rejection> {
@@ -480,6 +735,7 @@ impl<R: Room> RoomActor<R> {
         let Some(conn) = self.conns.get(&conn_id) else {
             return Ok(());
         };
+        let info = conn.info.clone();
         // Only a JSON object is an envelope (serde would also accept a JSON array).
         if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(Rejection::Malformed("not a JSON object".into()));
@@ -488,13 +744,8 @@ impl<R: Room> RoomActor<R> {
             serde_json::from_slice(text).map_err(|e| Rejection::Malformed(e.to_string()))?;
         let handlers = &self.handlers;
         let mut cx = Cx {
-            scope: RoomScope {
-                room_id: &self.id,
-                params: &self.params,
-                rng: &mut self.rng,
-                outbox: &mut self.outbox,
-            },
-            conn: Some(&conn.info),
+            scope: scope!(self),
+            conn: Some(&info),
         };
         let action = envelope.action.as_ref();
         let raw_value = envelope.value;
@@ -564,62 +815,168 @@ impl<R: Room> RoomActor<R> {
             return RoomResponse::not_found(None);
         };
         let mut cx = HttpCx {
-            scope: RoomScope {
-                room_id: &self.id,
-                params: &self.params,
-                rng: &mut self.rng,
-                outbox: &mut self.outbox,
-            },
+            scope: scope!(self),
             request: req,
             route_params: params,
         };
         let state = self.tracker.state_mut();
-        let response = match catch_unwind(AssertUnwindSafe(|| (route.handler)(state, &mut cx))) {
-            Ok(r) => r,
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            for guard in handlers.request_guards.iter().chain(&route.guards) {
+                guard(state, &cx)?;
+            }
+            Ok((route.handler)(state, &mut cx))
+        }));
+        let response = match outcome {
+            Ok(Ok(r) | Err(r)) => r,
             Err(_) => {
                 tracing::error!(room = %self.id, path = %req.path, "request handler panicked");
                 RoomResponse::server_error(None)
             }
         };
         self.flush_state();
-        self.deliver_outbox();
+        self.after_handler();
         response
     }
 
     // ----- delivery -----------------------------------------------------------------------
 
-    /// Find what handlers changed and hand the patch to the sync scheduler.
+    /// Find what handlers changed; hand the patch to the sync scheduler, or keep it for
+    /// `apply_sync` while automatic sync is off.
     fn flush_state(&mut self) {
         let flush = self.tracker.flush();
         self.persist
             .rows_changed(flush.persist.rows(), self.config.throttle_storage);
-        if let Some(patch) = flush.sync {
-            for ready in self.sync.push(patch, Instant::now()) {
-                self.broadcast(sync_packet(&ready));
+        let Some(patch) = flush.sync else { return };
+        if !self.auto_sync {
+            match self.manual_pending.last_mut() {
+                Some(last) if partyroom_state::patch::can_merge(last, &patch) => {
+                    partyroom_state::patch::merge_patch(last, patch);
+                }
+                _ => self.manual_pending.push(patch),
             }
+            return;
+        }
+        for ready in self.sync.push(patch, Instant::now()) {
+            self.send_patch(&ready);
         }
     }
 
-    fn deliver_outbox(&mut self) {
-        for out in std::mem::take(&mut self.outbox) {
+    /// Apply what a handler asked for besides state changes: sync switches, transfers, and
+    /// messages (after the state patch the handler produced).
+    fn after_handler(&mut self) {
+        let effects = std::mem::take(&mut self.effects);
+        for t in effects.transfers {
+            self.transfer_out(t);
+        }
+        if let Some(on) = effects.auto_sync
+            && on != self.auto_sync
+        {
+            self.auto_sync = on;
+            if on {
+                // Switching back on sends what waited (the original kept it back until the
+                // next apply_sync, leaving joined clients without a first packet).
+                self.apply_sync();
+            }
+        }
+        if effects.apply_sync {
+            self.apply_sync();
+        }
+        for out in effects.outbound {
             match out {
-                Outbound::All(v) => self.broadcast(json_frame(&v)),
+                Outbound::All(v) => {
+                    let frame = json_frame(&v);
+                    self.deliver(None, Some(&v), frame);
+                }
                 Outbound::To(id, v) => {
-                    if let Some(conn) = self.conns.get(&id)
-                        && conn.push(json_frame(&v)) == Push::Full
-                    {
-                        self.slow.push(id);
-                    }
+                    let frame = json_frame(&v);
+                    self.deliver(Some(id), Some(&v), frame);
                 }
             }
         }
     }
 
-    /// Queue one frame for every connection: the bytes are shared, not copied.
-    fn broadcast(&mut self, frame: Bytes) {
-        for (id, conn) in &self.conns {
-            if conn.push(frame.clone()) == Push::Full {
-                self.slow.push(*id);
+    /// Spec 6.9: send the changes made while automatic sync was off (or the full state when
+    /// there are none) to everyone, and their first packet to the clients that joined
+    /// meanwhile. A waiting client gets the full state with its `pId` (the original sent it
+    /// only the pending delta, so it never learned the rest of the state).
+    fn apply_sync(&mut self) {
+        let pending = std::mem::take(&mut self.manual_pending);
+        let waiting = std::mem::take(&mut self.pending_initial);
+        let skip: Vec<ConnId> = waiting.clone();
+        if pending.is_empty() {
+            let snapshot = self.tracker.sync_snapshot();
+            self.send_patch_except(&snapshot, &skip);
+        } else {
+            for patch in &pending {
+                self.send_patch_except(patch, &skip);
+            }
+        }
+        for conn in waiting {
+            self.send_initial(conn);
+        }
+    }
+
+    fn send_patch(&mut self, patch: &Value) {
+        self.send_patch_except(patch, &[]);
+    }
+
+    fn send_patch_except(&mut self, patch: &Value, skip: &[ConnId]) {
+        let frame = sync_packet(patch);
+        let envelope = self
+            .handlers
+            .interceptor
+            .as_ref()
+            .map(|_| json!({"type": "sync", "value": patch}));
+        if skip.is_empty() {
+            self.deliver(None, envelope.as_ref(), frame);
+        } else {
+            let targets: Vec<ConnId> = self
+                .conns
+                .keys()
+                .copied()
+                .filter(|c| !skip.contains(c))
+                .collect();
+            for id in targets {
+                self.deliver(Some(id), envelope.as_ref(), frame.clone());
+            }
+        }
+    }
+
+    /// Queue a packet for one connection or all. The bytes are built once and shared; with an
+    /// interceptor, each connection's decision is asked with the envelope, and only replaced
+    /// packets are serialized again.
+    fn deliver(&mut self, to: Option<ConnId>, envelope: Option<&Value>, frame: Bytes) {
+        let state = self.tracker.state();
+        let interceptor = self.handlers.interceptor.as_ref();
+        let mut push = |id: ConnId, conn: &Conn| {
+            let out = match (interceptor, envelope) {
+                (Some(i), Some(env)) => {
+                    match catch_unwind(AssertUnwindSafe(|| i(state, &conn.info, env))) {
+                        Ok(Intercept::Keep) => frame.clone(),
+                        Ok(Intercept::Drop) => return,
+                        Ok(Intercept::Replace(v)) => json_frame(&v),
+                        Err(_) => {
+                            tracing::error!("packet interceptor panicked; packet sent unchanged");
+                            frame.clone()
+                        }
+                    }
+                }
+                _ => frame.clone(),
+            };
+            if conn.push(out) == Push::Full {
+                self.slow.push(id);
+            }
+        };
+        match to {
+            Some(id) => {
+                if let Some(conn) = self.conns.get(&id) {
+                    push(id, conn);
+                }
+            }
+            None => {
+                for (id, conn) in &self.conns {
+                    push(*id, conn);
+                }
             }
         }
     }
@@ -657,4 +1014,15 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// An unguessable token (128 bits from the OS), for session transfers.
+pub(crate) fn secure_token() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back to a seeded generator rather than failing the handler.
+        let mut rng = fastrand::Rng::new();
+        rng.fill(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

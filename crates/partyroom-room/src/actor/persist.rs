@@ -25,12 +25,14 @@ use crate::storage::{Batch, RoomKey, Storage, StorageError, escape_segment, unes
 
 const STATE: &str = "state/";
 const SESSION: &str = "session/";
+const TRANSFER: &str = "transfer/";
 
 /// The result of one batch write.
 pub(crate) struct WriteDone {
     result: Result<(), StorageError>,
     rows: Vec<Vec<String>>,
     sessions: Vec<String>,
+    transfers: Vec<String>,
 }
 
 /// Dirty rows and sessions, the write in flight, and when to write next.
@@ -39,6 +41,7 @@ pub(crate) struct Persistence {
     key: RoomKey,
     dirty_rows: HashSet<Vec<String>>,
     dirty_sessions: HashSet<String>,
+    dirty_transfers: HashSet<String>,
     /// Root fields stored whole (`state/<field>`): a change to one of their entries rewrites
     /// the whole row, so no stale copy can come back at load.
     whole_fields: HashSet<String>,
@@ -57,6 +60,7 @@ impl Persistence {
             key,
             dirty_rows: HashSet::new(),
             dirty_sessions: HashSet::new(),
+            dirty_transfers: HashSet::new(),
             whole_fields: HashSet::new(),
             due: None,
             writing: false,
@@ -80,6 +84,17 @@ impl Persistence {
         self.schedule(Duration::ZERO);
     }
 
+    pub(crate) fn transfer_changed(&mut self, token: &str) {
+        self.dirty_transfers.insert(token.to_owned());
+        self.schedule(Duration::ZERO);
+    }
+
+    fn is_clean(&self) -> bool {
+        self.dirty_rows.is_empty()
+            && self.dirty_sessions.is_empty()
+            && self.dirty_transfers.is_empty()
+    }
+
     fn schedule(&mut self, after: Duration) {
         let at = Instant::now() + after;
         self.due = Some(self.due.map_or(at, |d| d.min(at)));
@@ -92,7 +107,7 @@ impl Persistence {
 
     /// When the next write should start (none while one is in flight).
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        if self.writing || (self.dirty_rows.is_empty() && self.dirty_sessions.is_empty()) {
+        if self.writing || self.is_clean() {
             None
         } else {
             self.due
@@ -101,7 +116,7 @@ impl Persistence {
 
     /// Nothing dirty and nothing in flight.
     pub(crate) fn is_idle(&self) -> bool {
-        !self.writing && self.dirty_rows.is_empty() && self.dirty_sessions.is_empty()
+        !self.writing && self.is_clean()
     }
 
     /// Completes when a write finishes.
@@ -131,6 +146,7 @@ impl<R: Room> RoomActor<R> {
         let key = self.persist.key.clone();
         let rows = storage.list(&key, STATE).await?;
         let sessions = storage.list(&key, SESSION).await?;
+        let transfers = storage.list(&key, TRANSFER).await?;
 
         let mut snapshot = Map::new();
         let mut entries = Vec::new();
@@ -213,6 +229,29 @@ impl<R: Room> RoomActor<R> {
                 self.expiries.insert((disconnected + after, private_id));
             }
         }
+        for (k, v) in transfers {
+            let token = unescape_segment(&k[TRANSFER.len()..]);
+            let created_ms = v.get("created").and_then(Value::as_u64).unwrap_or(0);
+            let age = Duration::from_millis(wall.saturating_sub(created_ms));
+            match (
+                v.get("privateId").and_then(Value::as_str),
+                v.get("publicId").and_then(Value::as_str),
+            ) {
+                (Some(private_id), Some(public_id)) if age < self.config.transfer_expiry => {
+                    self.transfers.insert(
+                        token,
+                        super::Transfer {
+                            private_id: private_id.to_owned(),
+                            public_id: public_id.to_owned(),
+                            created: now.checked_sub(age).unwrap_or(now),
+                            created_ms,
+                        },
+                    );
+                }
+                // Expired or unreadable: forget it.
+                _ => self.persist.transfer_changed(&token),
+            }
+        }
         // Expire what is overdue right away.
         self.on_timer();
         Ok(())
@@ -221,10 +260,7 @@ impl<R: Room> RoomActor<R> {
     /// Start a batch write if one is due and none is in flight.
     pub(super) fn maybe_save(&mut self) {
         let p = &mut self.persist;
-        if p.writing
-            || (p.dirty_rows.is_empty() && p.dirty_sessions.is_empty())
-            || p.due.is_some_and(|d| d > Instant::now())
-        {
+        if p.writing || p.is_clean() || p.due.is_some_and(|d| d > Instant::now()) {
             return;
         }
         p.due = None;
@@ -264,6 +300,17 @@ impl<R: Room> RoomActor<R> {
                 None => batch.deletes.push(key),
             }
         }
+        let transfers: Vec<String> = p.dirty_transfers.drain().collect();
+        for token in &transfers {
+            let key = format!("{TRANSFER}{}", escape_segment(token));
+            match self.transfers.get(token) {
+                Some(t) => batch.puts.push((
+                    key,
+                    json!({"privateId": t.private_id, "publicId": t.public_id, "created": t.created_ms}),
+                )),
+                None => batch.deletes.push(key),
+            }
+        }
         p.writing = true;
         let storage = p.storage.clone();
         let key = p.key.clone();
@@ -275,6 +322,7 @@ impl<R: Room> RoomActor<R> {
                 result,
                 rows,
                 sessions,
+                transfers,
             });
         });
     }
@@ -291,6 +339,7 @@ impl<R: Room> RoomActor<R> {
                 tracing::error!(room = %self.id, %err, retry_in = ?backoff, "saving room failed");
                 p.dirty_rows.extend(done.rows);
                 p.dirty_sessions.extend(done.sessions);
+                p.dirty_transfers.extend(done.transfers);
                 p.due = Some(Instant::now() + backoff);
             }
         }
