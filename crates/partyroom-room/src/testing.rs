@@ -135,13 +135,38 @@ impl TestRoom {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        self.connect_full(session, query, HeaderMap::new()).await
+    }
+
+    /// Connect with query parameters and upgrade-request headers, running the connect guards
+    /// first as the server does before the upgrade.
+    pub async fn connect_with_headers(
+        &self,
+        session: Option<&str>,
+        query: &[(&str, &str)],
+        headers: HeaderMap,
+    ) -> Result<TestClient, ConnectError> {
+        let query = query
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.connect_full(session, query, headers).await
+    }
+
+    async fn connect_full(
+        &self,
+        session: Option<&str>,
+        query: Vec<(String, String)>,
+        headers: HeaderMap,
+    ) -> Result<TestClient, ConnectError> {
         let handle = self.live();
-        let (req, channels) = ConnectRequest::new(
+        let (mut req, channels) = ConnectRequest::new(
             session.map(str::to_owned),
             query,
-            HeaderMap::new(),
+            headers,
             handle.config().outgoing_queue_len(),
         );
+        handle.admit(&mut req).await?;
         let conn = handle.connect(req).await?;
         Ok(TestClient {
             conn,

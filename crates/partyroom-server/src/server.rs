@@ -223,6 +223,33 @@ async fn upgrade(
         .or_else(|| query.iter().find(|(k, _)| k == "_pk"))
         .map(|(_, v)| v.clone());
     let headers = parts.headers;
+    // Guards run before the upgrade, so a refused client gets a plain HTTP error.
+    let (mut first, first_channels) = ConnectRequest::new(
+        session_id.clone(),
+        query.clone(),
+        headers.clone(),
+        room.config().outgoing_queue_len(),
+    );
+    let mut room = room;
+    let mut admitted = false;
+    for _ in 0..3 {
+        match room.admit(&mut first).await {
+            Ok(()) => {
+                admitted = true;
+                break;
+            }
+            Err(ConnectError::Refused(refusal)) => {
+                return json_error(refusal.status, &refusal.reason);
+            }
+            Err(_) => match shared.rooms.get(&path.party, &path.room) {
+                Ok(fresh) => room = fresh,
+                Err(_) => break,
+            },
+        }
+    }
+    if !admitted {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Room unavailable");
+    }
     let config = &shared.config;
     let shared2 = shared.clone();
     ws.read_buffer_size(config.read_buffer_bytes)
@@ -232,14 +259,17 @@ async fn upgrade(
             let _permit = permit;
             let mut room = room;
             let mut attempts = 0;
+            let mut prepared = Some((first, first_channels));
             loop {
                 attempts += 1;
-                let (req, channels) = ConnectRequest::new(
-                    session_id.clone(),
-                    query.clone(),
-                    headers.clone(),
-                    room.config().outgoing_queue_len(),
-                );
+                let (req, channels) = prepared.take().unwrap_or_else(|| {
+                    ConnectRequest::new(
+                        session_id.clone(),
+                        query.clone(),
+                        headers.clone(),
+                        room.config().outgoing_queue_len(),
+                    )
+                });
                 match room.connect(req).await {
                     Ok(conn) => {
                         let token = shared2.shutdown.clone();
