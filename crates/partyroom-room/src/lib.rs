@@ -32,8 +32,12 @@ pub mod testing;
 pub use actor::ConnectError;
 pub use config::RoomConfig;
 pub use conn::{CloseFrame, ConnId, ConnInfo, ConnectRequest, ConnectionChannels};
+pub use context::TransferError;
 pub use context::{Cx, HttpCx};
-pub use handler::{ActionInput, Handlers, Rejection, Valid};
+pub use handler::{
+    ActionInput, AsyncConnectGuard, AsyncRequestGuard, ConnectInfo, Handlers, Intercept, Refusal,
+    Rejection, Valid,
+};
 pub use http::{IntoRoomResponse, Json, RoomRequest, RoomResponse, Text};
 pub use pattern::{Params, PatternError, RoomPattern};
 pub use registry::{LookupError, RoomGone, RoomHandle, Rooms, RoomsBuilder};

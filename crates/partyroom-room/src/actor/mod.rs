@@ -315,6 +315,7 @@ impl<R: Room> RoomActor<R> {
                 if catch_unwind(AssertUnwindSafe(|| f(state, &mut cx))).is_err() {
                     tracing::error!(room = %self.id, "room update panicked");
                 }
+                self.flush_state();
                 self.after_handler();
             }
             RoomMsg::TransferIn(t) => self.transfer_in(t),
