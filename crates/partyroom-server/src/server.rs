@@ -30,6 +30,11 @@ pub struct ServerConfig {
     pub read_buffer_bytes: usize,
     /// Largest accepted HTTP request body. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// The secret shards present in `x-access-shard` (`SHARD_SECRET`). Requests that claim
+    /// to come from a shard (`x-shard-id` on an upgrade, `x-forwarded-by-shard` on HTTP) are
+    /// refused with `401` unless it matches (compared in constant time); with no secret
+    /// configured, every such request is refused.
+    pub shard_secret: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +44,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024,
             read_buffer_bytes: 4 * 1024,
             max_body_bytes: 1024 * 1024,
+            shard_secret: None,
         }
     }
 }
@@ -153,6 +159,12 @@ async fn handle_party(State(shared): State<Arc<Shared>>, request: Request) -> Re
     };
     if request.method() == Method::OPTIONS {
         return to_axum(RoomResponse::json(StatusCode::OK, &serde_json::json!({})));
+    }
+    let headers = request.headers();
+    if (headers.contains_key("x-shard-id") || headers.contains_key("x-forwarded-by-shard"))
+        && !shard_secret_ok(shared.config.shard_secret.as_deref(), headers)
+    {
+        return json_error(StatusCode::UNAUTHORIZED, "Invalid shard credentials");
     }
     let room = match shared.rooms.get(&path.party, &path.room) {
         Ok(room) => room,
@@ -300,6 +312,22 @@ async fn upgrade(
                 ))
                 .await;
         })
+}
+
+/// Whether `x-access-shard` carries the configured shard secret (constant-time comparison).
+fn shard_secret_ok(secret: Option<&str>, headers: &http::HeaderMap) -> bool {
+    let (Some(secret), Some(given)) = (secret, headers.get("x-access-shard")) else {
+        return false;
+    };
+    !secret.is_empty() && constant_time_eq(secret.as_bytes(), given.as_bytes())
+}
+
+/// Compare two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {

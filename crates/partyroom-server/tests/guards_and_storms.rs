@@ -116,3 +116,43 @@ async fn connect_guards_refuse_before_the_upgrade() {
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
 }
+
+#[tokio::test]
+async fn requests_claiming_to_come_from_a_shard_need_the_secret() {
+    use partyroom_server::ServerConfig;
+    let rooms = Rooms::builder().room::<Table>("main").unwrap().build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServerConfig {
+        shard_secret: Some("s3cret".into()),
+        ..ServerConfig::default()
+    };
+    tokio::spawn(Server::with_config(rooms, config).serve(listener, std::future::pending()));
+    let upgrade = |secret: Option<&'static str>| {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{addr}/parties/main/table-9?ticket=ok"),
+            )
+            .unwrap();
+        req.headers_mut()
+            .insert("x-shard-id", "table-9:world-default:1-1".parse().unwrap());
+        if let Some(s) = secret {
+            req.headers_mut()
+                .insert("x-access-shard", s.parse().unwrap());
+        }
+        req
+    };
+    for bad in [None, Some("wrong"), Some("s3cre")] {
+        match tokio_tungstenite::connect_async(upgrade(bad)).await {
+            Err(WsError::Http(r)) => assert_eq!(r.status(), 401, "{bad:?}"),
+            other => panic!("expected 401 for {bad:?}, got {other:?}"),
+        }
+    }
+    assert!(
+        tokio_tungstenite::connect_async(upgrade(Some("s3cret")))
+            .await
+            .is_ok()
+    );
+    assert!(partyroom_server::constant_time_eq(b"abc", b"abc"));
+    assert!(!partyroom_server::constant_time_eq(b"abc", b"abd"));
+}
