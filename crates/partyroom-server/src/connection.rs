@@ -14,7 +14,9 @@ pub(crate) async fn run(
     conn: ConnId,
     channels: ConnectionChannels,
     shutdown: CancellationToken,
+    messages_per_second: u32,
 ) {
+    let mut bucket = TokenBucket::new(messages_per_second);
     let (mut sink, mut stream) = socket.split();
     let ConnectionChannels {
         mut frames,
@@ -68,6 +70,10 @@ pub(crate) async fn run(
                 Ok(Message::Close(_)) | Err(_) => break,
                 Ok(_) => continue,
             };
+            if !bucket.take() {
+                tracing::debug!(room = room.id(), conn, "message dropped: rate limit");
+                continue;
+            }
             if room.message(conn, text).await.is_err() {
                 break;
             }
@@ -102,4 +108,57 @@ pub(crate) fn close_message(frame: CloseFrame) -> Message {
         code: frame.code,
         reason: Utf8Bytes::from(reason),
     }))
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `2 * rate`.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            tokens: rate * 2.0,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenBucket;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_allows_bursts_then_the_rate() {
+        let mut b = TokenBucket::new(10);
+        assert_eq!(
+            (0..30).filter(|_| b.take()).count(),
+            20,
+            "burst of 2x the rate"
+        );
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(
+            (0..30).filter(|_| b.take()).count(),
+            5,
+            "then 10 per second"
+        );
+    }
 }

@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub read_buffer_bytes: usize,
     /// Largest accepted HTTP request body. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Messages a client may send per second (sustained); bursts up to twice that are
+    /// allowed. Messages beyond it are dropped (logged at debug level), so one client cannot
+    /// monopolize its room. Default 100.
+    pub max_messages_per_second: u32,
     /// The secret shards present in `x-access-shard` (`SHARD_SECRET`). Requests that claim
     /// to come from a shard (`x-shard-id` on an upgrade, `x-forwarded-by-shard` on HTTP) are
     /// refused with `401` unless it matches (compared in constant time); with no secret
@@ -44,6 +48,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024,
             read_buffer_bytes: 4 * 1024,
             max_body_bytes: 1024 * 1024,
+            max_messages_per_second: 100,
             shard_secret: None,
         }
     }
@@ -285,9 +290,12 @@ async fn upgrade(
                 match room.connect(req).await {
                     Ok(conn) => {
                         let token = shared2.shutdown.clone();
+                        let limit = shared2.config.max_messages_per_second;
                         shared2
                             .tasks
-                            .track_future(connection::run(socket, room, conn, channels, token))
+                            .track_future(connection::run(
+                                socket, room, conn, channels, token, limit,
+                            ))
                             .await;
                         return;
                     }

@@ -26,6 +26,7 @@ use crate::room::Room;
 use crate::sync::{SyncScheduler, initial_packet, json_frame, sync_packet};
 
 mod persist;
+mod sessions;
 pub(crate) use persist::Persistence;
 
 /// Messages a room actor handles.
@@ -144,7 +145,7 @@ pub(crate) struct RoomActor<R: Room> {
     tracker: Tracker<R>,
     conns: indexmap::IndexMap<ConnId, Conn>,
     next_conn: ConnId,
-    sessions: HashMap<String, Session>,
+    sessions: sessions::SessionTable,
     expiries: BTreeSet<(Instant, String)>,
     sync: SyncScheduler,
     rng: fastrand::Rng,
@@ -227,7 +228,7 @@ impl<R: Room> RoomActor<R> {
             tracker: Tracker::new(state),
             conns: indexmap::IndexMap::new(),
             next_conn: 1,
-            sessions: HashMap::new(),
+            sessions: sessions::SessionTable::default(),
             expiries: BTreeSet::new(),
             rng,
             effects: Effects::default(),
@@ -613,7 +614,7 @@ impl<R: Room> RoomActor<R> {
         let public_id = session.public_id.clone();
         self.sessions.remove(private_id);
         self.persist.session_changed(private_id);
-        let still_used = self.sessions.values().any(|s| s.public_id == public_id);
+        let still_used = self.sessions.public_in_use(&public_id);
         if !still_used && let Some(users) = self.tracker.state_mut().users_mut() {
             users.remove(&public_id);
         }
@@ -627,7 +628,7 @@ impl<R: Room> RoomActor<R> {
             if id.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
             }
-            let taken = self.sessions.values().any(|s| s.public_id == id)
+            let taken = self.sessions.public_in_use(&id)
                 || self
                     .tracker
                     .state()
