@@ -237,30 +237,15 @@ impl<V: Tracked> Tracked for BTreeMap<String, V> {
                 }
             }
         }
-        Diff {
-            sync: (want.sync && !sync.is_empty()).then_some(Value::Object(sync)),
-            persist: if want.persist && !keys.is_empty() {
-                Dirty::Entries(keys)
-            } else {
-                Dirty::Clean
-            },
-        }
+        keyed_diff(sync, keys, want)
     }
 
     fn sync_view(&self) -> Value {
-        Value::Object(
-            self.iter()
-                .map(|(k, v)| (k.clone(), v.sync_view()))
-                .collect(),
-        )
+        keyed_view(self, false)
     }
 
     fn persist_view(&self) -> Value {
-        Value::Object(
-            self.iter()
-                .map(|(k, v)| (k.clone(), v.persist_view()))
-                .collect(),
-        )
+        keyed_view(self, true)
     }
 
     fn persist_at(&self, path: &[&str]) -> Option<Value> {
@@ -271,27 +256,89 @@ impl<V: Tracked> Tracked for BTreeMap<String, V> {
     }
 
     fn load(&mut self, value: &Value) -> Result<(), LoadError> {
-        let Value::Object(entries) = value else {
-            return Err(LoadError::new(LoadErrorKind::ExpectedObject(type_name(
-                value,
-            ))));
-        };
-        for (k, v) in entries {
-            if is_delete(v) {
-                self.remove(k);
-            } else if let Some(existing) = self.get_mut(k) {
-                existing.load(v).map_err(|e| e.at(k.clone()))?;
-            } else {
-                self.insert(k.clone(), V::create(v).map_err(|e| e.at(k.clone()))?);
-            }
-        }
-        Ok(())
+        load_keyed(self, value)
     }
 
     fn create(value: &Value) -> Result<Self, LoadError> {
         let mut out = BTreeMap::new();
         out.load(value)?;
         Ok(out)
+    }
+}
+
+/// What keyed collections ([`BTreeMap`] here, [`crate::StateMap`]) share: loading entries,
+/// building views and wrapping up a diff.
+pub(crate) trait Keyed<V: Tracked> {
+    fn entry_mut(&mut self, key: &str) -> Option<&mut V>;
+    fn put(&mut self, key: String, value: V);
+    fn drop_entry(&mut self, key: &str);
+    fn entries(&self) -> Box<dyn Iterator<Item = (&str, &V)> + '_>;
+}
+
+/// Merge an object into a keyed collection: `"$delete"` removes, existing entries load the
+/// value, new ones are created from it.
+pub(crate) fn load_keyed<V: Tracked, M: Keyed<V>>(
+    map: &mut M,
+    value: &Value,
+) -> Result<(), LoadError> {
+    let Value::Object(entries) = value else {
+        return Err(LoadError::new(LoadErrorKind::ExpectedObject(type_name(
+            value,
+        ))));
+    };
+    for (k, v) in entries {
+        if is_delete(v) {
+            map.drop_entry(k);
+        } else if let Some(existing) = map.entry_mut(k) {
+            existing.load(v).map_err(|e| e.at(k.clone()))?;
+        } else {
+            let created = V::create(v).map_err(|e| e.at(k.clone()))?;
+            map.put(k.clone(), created);
+        }
+    }
+    Ok(())
+}
+
+/// The sync or persist view of a keyed collection.
+pub(crate) fn keyed_view<V: Tracked, M: Keyed<V>>(map: &M, persist: bool) -> Value {
+    Value::Object(
+        map.entries()
+            .map(|(k, v)| {
+                let view = if persist {
+                    v.persist_view()
+                } else {
+                    v.sync_view()
+                };
+                (k.to_owned(), view)
+            })
+            .collect(),
+    )
+}
+
+/// The diff of a keyed collection from the patch entries and the changed keys it found.
+pub(crate) fn keyed_diff(sync: Map<String, Value>, keys: Vec<String>, want: Want) -> Diff {
+    Diff {
+        sync: (want.sync && !sync.is_empty()).then_some(Value::Object(sync)),
+        persist: if want.persist && !keys.is_empty() {
+            Dirty::Entries(keys)
+        } else {
+            Dirty::Clean
+        },
+    }
+}
+
+impl<V: Tracked> Keyed<V> for BTreeMap<String, V> {
+    fn entry_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.get_mut(key)
+    }
+    fn put(&mut self, key: String, value: V) {
+        self.insert(key, value);
+    }
+    fn drop_entry(&mut self, key: &str) {
+        self.remove(key);
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&str, &V)> + '_> {
+        Box::new(self.iter().map(|(k, v)| (k.as_str(), v)))
     }
 }
 

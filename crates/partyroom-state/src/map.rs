@@ -7,10 +7,10 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::error::type_name;
-use crate::patch::{delete_marker, is_delete};
-use crate::tracked::{Diff, Dirty, Tracked, Want};
-use crate::{LoadError, LoadErrorKind};
+use crate::LoadError;
+use crate::containers::{Keyed, keyed_diff, keyed_view, load_keyed};
+use crate::patch::delete_marker;
+use crate::tracked::{Diff, Tracked, Want};
 
 /// A string-keyed collection of state whose flush visits only the entries that were touched.
 ///
@@ -298,6 +298,21 @@ impl<V: Tracked> StateMap<V> {
     }
 }
 
+impl<V: Tracked> Keyed<V> for StateMap<V> {
+    fn entry_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.get_mut(key)
+    }
+    fn put(&mut self, key: String, value: V) {
+        self.insert(key, value);
+    }
+    fn drop_entry(&mut self, key: &str) {
+        self.remove(key);
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&str, &V)> + '_> {
+        Box::new(self.iter())
+    }
+}
+
 impl<V: Tracked> Tracked for StateMap<V> {
     type Shadow = HashMap<String, V::Shadow>;
 
@@ -333,30 +348,15 @@ impl<V: Tracked> Tracked for StateMap<V> {
                 self.diff_entry(key, shadow, want, &mut sync, &mut keys);
             }
         }
-        Diff {
-            sync: (want.sync && !sync.is_empty()).then_some(Value::Object(sync)),
-            persist: if want.persist && !keys.is_empty() {
-                Dirty::Entries(keys)
-            } else {
-                Dirty::Clean
-            },
-        }
+        keyed_diff(sync, keys, want)
     }
 
     fn sync_view(&self) -> Value {
-        Value::Object(
-            self.iter()
-                .map(|(k, v)| (k.to_owned(), v.sync_view()))
-                .collect(),
-        )
+        keyed_view(self, false)
     }
 
     fn persist_view(&self) -> Value {
-        Value::Object(
-            self.iter()
-                .map(|(k, v)| (k.to_owned(), v.persist_view()))
-                .collect(),
-        )
+        keyed_view(self, true)
     }
 
     fn persist_at(&self, path: &[&str]) -> Option<Value> {
@@ -367,22 +367,7 @@ impl<V: Tracked> Tracked for StateMap<V> {
     }
 
     fn load(&mut self, value: &Value) -> Result<(), LoadError> {
-        let Value::Object(entries) = value else {
-            return Err(LoadError::new(LoadErrorKind::ExpectedObject(type_name(
-                value,
-            ))));
-        };
-        for (k, v) in entries {
-            if is_delete(v) {
-                self.remove(k);
-            } else if let Some(existing) = self.get_mut(k) {
-                existing.load(v).map_err(|e| e.at(k.clone()))?;
-            } else {
-                let created = V::create(v).map_err(|e| e.at(k.clone()))?;
-                self.insert(k.clone(), created);
-            }
-        }
-        Ok(())
+        load_keyed(self, value)
     }
 
     fn create(value: &Value) -> Result<Self, LoadError> {
@@ -395,6 +380,7 @@ impl<V: Tracked> Tracked for StateMap<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Dirty;
     use serde_json::json;
 
     fn flush(m: &mut StateMap<i64>, sh: &mut HashMap<String, i64>) -> Diff {
