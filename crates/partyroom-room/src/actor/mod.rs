@@ -339,6 +339,10 @@ impl<R: Room> RoomActor<R> {
             self.expiries.first().map(|(t, _)| *t),
             self.persist.deadline(),
             unload,
+            self.transfers
+                .values()
+                .map(|t| t.created + self.config.transfer_expiry)
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -357,6 +361,7 @@ impl<R: Room> RoomActor<R> {
             let (_, private_id) = self.expiries.pop_first().expect("checked non-empty");
             self.expire_session(&private_id, now);
         }
+        self.prune_transfers();
         self.drop_slow();
     }
 
@@ -394,6 +399,7 @@ impl<R: Room> RoomActor<R> {
         if !req.admitted && !self.handlers.connect_guards.is_empty() {
             self.admit(&req.info()).map_err(ConnectError::Refused)?;
         }
+        self.prune_transfers();
         let conn_id = self.next_conn;
         self.next_conn += 1;
         let has_users = R::USERS_FIELD.is_some();
@@ -711,6 +717,21 @@ impl<R: Room> RoomActor<R> {
         );
         self.flush_state();
         self.after_handler();
+    }
+
+    /// Forget expired transfer tokens (in memory and in storage).
+    fn prune_transfers(&mut self) {
+        let expiry = self.config.transfer_expiry;
+        let expired: Vec<String> = self
+            .transfers
+            .iter()
+            .filter(|(_, t)| t.created.elapsed() >= expiry)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for token in expired {
+            self.transfers.remove(&token);
+            self.persist.transfer_changed(&token);
+        }
     }
 
     /// Consume a token: single use, ignored once expired.
