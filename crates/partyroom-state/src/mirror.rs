@@ -45,8 +45,17 @@ impl ClientMirror {
         self.pid.as_deref()
     }
 
-    /// Apply one sync patch (the `value` of a sync packet).
+    /// Forget everything (a new connection's first packet brings the full state again).
+    pub fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    /// Apply one sync patch (the `value` of a sync packet). A value that is not an object is
+    /// not a patch and is ignored.
     pub fn apply(&mut self, patch: &Value) {
+        if !patch.is_object() {
+            return;
+        }
         if let Value::Object(map) = patch
             && let Some(Value::String(pid)) = map.get("pId")
         {
@@ -97,5 +106,11 @@ mod tests {
             Packet::Other(Some("user_disconnected".into()))
         );
         assert_eq!(m.apply_packet("nope"), Packet::Invalid);
+        // A sync packet without an object value changes nothing.
+        m.apply_packet(r#"{"type":"sync"}"#);
+        m.apply_packet(r#"{"type":"sync","value":3}"#);
+        assert_eq!(m.state()["users"]["x"]["name"], "a");
+        m.reset();
+        assert_eq!(m.pid(), None);
     }
 }
