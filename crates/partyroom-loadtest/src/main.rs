@@ -34,6 +34,9 @@ struct Args {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// The server's process id: its RSS and CPU time are measured around the run.
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -45,6 +48,21 @@ enum Scenario {
         /// Number of clients.
         #[arg(long, default_value_t = 1000)]
         clients: usize,
+    },
+    /// N clients connect (at most `concurrency` at once) and stay idle.
+    Idle {
+        /// Number of clients.
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Connections being opened at the same time.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Seconds to hold them once all are connected.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Spread the clients over this many rooms.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
     },
     /// N clients each send `move` at a fixed rate.
     Moves {
@@ -229,6 +247,84 @@ async fn moves(
     }))
 }
 
+async fn idle(
+    base: &str,
+    room: &str,
+    clients: usize,
+    concurrency: usize,
+    seconds: u64,
+    rooms: usize,
+    server: Option<u32>,
+) -> anyhow::Result<Value> {
+    let before = server.and_then(proc_stats);
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let (base, room, sem) = (
+            base.to_owned(),
+            format!("{room}-{}", i % rooms.max(1)),
+            sem.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await?;
+            let (ws, _) = join(&base, &room, &format!("idle-{i}")).await?;
+            anyhow::Ok(ws)
+        }));
+    }
+    let mut sockets = Vec::with_capacity(clients);
+    for t in tasks {
+        sockets.push(t.await??);
+    }
+    let connected_in = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let during = server.and_then(proc_stats);
+    let rss_per_client = match (&before, &during) {
+        (Some(b), Some(d)) => {
+            Some((d.rss_kib.saturating_sub(b.rss_kib)) as f64 * 1024.0 / clients as f64)
+        }
+        _ => None,
+    };
+    for mut ws in sockets {
+        let _ = ws.close(None).await;
+    }
+    Ok(json!({
+        "scenario": "idle",
+        "clients": clients,
+        "rooms": rooms,
+        "connected_ms": connected_in.as_secs_f64() * 1000.0,
+        "server_rss_kib_before": before.as_ref().map(|s| s.rss_kib),
+        "server_rss_kib_with_clients": during.as_ref().map(|s| s.rss_kib),
+        "server_rss_bytes_per_client": rss_per_client,
+    }))
+}
+
+/// RSS and CPU time of a process, from /proc.
+struct ProcStats {
+    rss_kib: u64,
+    cpu_ticks: u64,
+}
+
+fn proc_stats(pid: u32) -> Option<ProcStats> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(ProcStats {
+        rss_kib,
+        cpu_ticks: utime + stime,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -238,14 +334,40 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("load-{}", fastrand::u32(..)));
     let base = args.url.trim_end_matches('/');
-    let result = match args.scenario {
+    let before = args.server_pid.and_then(proc_stats);
+    let started = Instant::now();
+    let mut result = match args.scenario {
         Scenario::Joins { clients } => joins(base, &room, clients).await?,
         Scenario::Moves {
             clients,
             rate,
             seconds,
         } => moves(base, &room, clients, rate, seconds).await?,
+        Scenario::Idle {
+            clients,
+            concurrency,
+            seconds,
+            rooms,
+        } => {
+            idle(
+                base,
+                &room,
+                clients,
+                concurrency,
+                seconds,
+                rooms,
+                args.server_pid,
+            )
+            .await?
+        }
     };
+    if let (Some(b), Some(a)) = (before, args.server_pid.and_then(proc_stats)) {
+        // Clock ticks are 1/100 s on Linux.
+        let cpu_seconds = (a.cpu_ticks.saturating_sub(b.cpu_ticks)) as f64 / 100.0;
+        result["server_cpu_percent_of_one_core"] =
+            json!(100.0 * cpu_seconds / started.elapsed().as_secs_f64());
+        result["server_rss_kib_after"] = json!(a.rss_kib);
+    }
     if args.json {
         println!("{result}");
     } else {
