@@ -18,6 +18,16 @@ use tokio_util::task::TaskTracker;
 use crate::connection;
 use crate::path::{PathError, RoomPath};
 
+/// Upgrade-request headers that only serve the handshake.
+const HANDSHAKE_HEADERS: [&str; 6] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-accept",
+];
+
 /// Limits of the server. Every limit is explicit; the defaults suit a public game server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -25,8 +35,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest accepted WebSocket message and frame. Default 64 KiB.
     pub max_message_bytes: usize,
-    /// Read buffer per connection. Default 4 KiB (tungstenite's default of 128 KiB per socket
-    /// would cost 1.3 GB for 10,000 idle clients).
+    /// Read buffer per connection. Default 1 KiB: client messages are small, and larger ones
+    /// are read in several chunks (tungstenite's default of 128 KiB per socket would cost
+    /// 1.3 GB for 10,000 idle clients).
     pub read_buffer_bytes: usize,
     /// Largest accepted HTTP request body. Default 1 MiB.
     pub max_body_bytes: usize,
@@ -46,7 +57,7 @@ impl Default for ServerConfig {
         Self {
             max_connections: 100_000,
             max_message_bytes: 64 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 1024,
             max_body_bytes: 1024 * 1024,
             max_messages_per_second: 100,
             shard_secret: None,
@@ -239,7 +250,20 @@ async fn upgrade(
         .find(|(k, _)| k == "id")
         .or_else(|| query.iter().find(|(k, _)| k == "_pk"))
         .map(|(_, v)| v.clone());
-    let headers = parts.headers;
+    // Copy the headers: hyper's values are slices of its whole read buffer (16 KiB), which a
+    // kept `HeaderValue` would hold for the life of the connection.
+    // The WebSocket handshake's own headers are of no use to rooms and are not kept.
+    let kept: Vec<_> = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| !HANDSHAKE_HEADERS.contains(&k.as_str()))
+        .collect();
+    let mut headers = http::HeaderMap::with_capacity(kept.len());
+    for (k, v) in kept {
+        if let Ok(v) = http::HeaderValue::from_bytes(v.as_bytes()) {
+            headers.append(k.clone(), v);
+        }
+    }
     // Guards run before the upgrade, so a refused client gets a plain HTTP error.
     let (mut first, first_channels) = ConnectRequest::new(
         session_id.clone(),
@@ -291,12 +315,10 @@ async fn upgrade(
                     Ok(conn) => {
                         let token = shared2.shutdown.clone();
                         let limit = shared2.config.max_messages_per_second;
+                        // Its own task: the upgrade future (and what it captured) is freed now.
                         shared2
                             .tasks
-                            .track_future(connection::run(
-                                socket, room, conn, channels, token, limit,
-                            ))
-                            .await;
+                            .spawn(connection::run(socket, room, conn, channels, token, limit));
                         return;
                     }
                     // The instance unloaded itself meanwhile: connect to the new one.
