@@ -210,6 +210,9 @@ pub struct Options {
     pub storage_throttle: Option<std::time::Duration>,
     /// Override of how long an empty room stays in memory (60 s).
     pub idle_timeout: Option<std::time::Duration>,
+    /// Sync throttle (none by default: every change is sent at once, as `@signe/room` does);
+    /// 16 ms batches changes per frame like Colyseus' patch rate.
+    pub sync_throttle: Option<std::time::Duration>,
 }
 
 impl Default for Options {
@@ -218,6 +221,7 @@ impl Default for Options {
             storage: std::sync::Arc::new(partyroom::storage::MemoryStorage::new()),
             storage_throttle: None,
             idle_timeout: None,
+            sync_throttle: None,
         }
     }
 }
@@ -230,6 +234,9 @@ pub fn rooms(options: &Options) -> Rooms {
     }
     if let Some(t) = options.idle_timeout {
         config = config.idle_timeout(t);
+    }
+    if let Some(t) = options.sync_throttle {
+        config = config.throttle_sync(t);
     }
     Rooms::builder()
         .room_with::<Arena>("main", config)

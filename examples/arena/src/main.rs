@@ -30,6 +30,10 @@ struct Args {
     /// Unload a room this many milliseconds after its last client left (default 60,000).
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
+    /// Batch state patches: send at most one every this many milliseconds (default: send every
+    /// change at once).
+    #[arg(long)]
+    sync_throttle_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -53,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         storage,
         storage_throttle: args.storage_throttle_ms.map(Duration::from_millis),
         idle_timeout: args.idle_timeout_ms.map(Duration::from_millis),
+        sync_throttle: args.sync_throttle_ms.map(Duration::from_millis),
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
