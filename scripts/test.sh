@@ -83,6 +83,10 @@ ARENA_BIN="$PWD/target/debug/partyroom-arena"
 export ARENA_BIN
 
 step "compatibility: official @signe/sync client and plain ws (Node)"
+# The world test (test/world.test.mjs) runs the `shards` example: world, arena and shards.
+cargo build -p partyroom-shards --quiet
+SHARDS_BIN="$PWD/target/debug/shards"
+export SHARDS_BIN
 (cd tests/compat && npm ci --silent --no-audit --no-fund && node --test --test-concurrency=1 test/*.test.mjs)
 
 step "browser: two headless Chromium pages"
