@@ -14,4 +14,4 @@ mod connection;
 pub mod path;
 mod server;
 
-pub use server::{Server, ServerConfig, constant_time_eq};
+pub use server::{Server, ServerConfig, constant_time_eq, shutdown_signal};

@@ -382,3 +382,24 @@ fn to_axum(mut response: RoomResponse) -> Response {
     }
     out
 }
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM: the usual shutdown signal to pass to
+/// [`Server::serve`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -176,7 +176,7 @@ pub async fn run(args: Args, app: App) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let signal = token.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        partyroom::server::shutdown_signal().await;
         signal.cancel();
     });
     run_until(args, app, token).await
@@ -331,25 +331,6 @@ pub async fn serve_on(
         gw.shutdown().await;
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
 
 /// Log to stderr (`RUST_LOG`, default `info`).

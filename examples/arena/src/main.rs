@@ -68,26 +68,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(db = %args.db, "rooms are saved to SQLite");
     }
     partyroom_arena::server(&options)
-        .serve(listener, shutdown_signal())
+        .serve(listener, partyroom::server::shutdown_signal())
         .await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
