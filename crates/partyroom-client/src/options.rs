@@ -156,6 +156,7 @@ pub struct ClientOptions {
     pub(crate) send_buffer: usize,
     pub(crate) event_capacity: usize,
     pub(crate) connect_timeout: Duration,
+    pub(crate) mirror: bool,
 }
 
 impl ClientOptions {
@@ -176,6 +177,7 @@ impl ClientOptions {
             send_buffer: 256,
             event_capacity: 256,
             connect_timeout: Duration::from_secs(10),
+            mirror: true,
         }
     }
 
@@ -256,6 +258,22 @@ impl ClientOptions {
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Keep the local mirror of the room state (default `true`).
+    ///
+    /// With `false`, `sync` packets are not applied: [`Client::state`](crate::Client::state)
+    /// stays an empty object and [`Client::changes`](crate::Client::changes) is marked changed
+    /// only when a connection's first `pId` packet arrives, so [`Client::pid`](crate::Client::pid),
+    /// [`Client::wait_ready`](crate::Client::wait_ready) and
+    /// [`StateView::syncs`](crate::StateView::syncs) still work. Every frame is still parsed and
+    /// delivered to subscriptions and listeners. Meant for load generators and bots that read
+    /// the frames themselves: merging every packet into a mirror (and waking the watchers)
+    /// costs CPU at high packet rates.
+    #[must_use]
+    pub fn mirror(mut self, keep: bool) -> Self {
+        self.mirror = keep;
         self
     }
 

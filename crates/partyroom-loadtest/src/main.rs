@@ -1,70 +1,104 @@
-//! `partyroom-loadtest`: drives many WebSocket clients against an arena room and measures.
+//! `partyroom-loadtest`: drives thousands of [`partyroom_client`] clients against an arena room
+//! (partyroom's, or the original `@signe/room`'s: any server of the same wire protocol) from
+//! one multi-threaded process, and measures.
 //!
-//! Scenarios:
-//! - `joins`: N clients connect to one room at once; reports the time until every client has
-//!   its first packet, and connect latency percentiles.
-//! - `moves`: N clients in one room each send `move` at a fixed rate; reports the latency from
-//!   sending a move to receiving the sync packet that carries it back (p50/p95/p99/p999) and the
-//!   packets per second received.
+//! Scenarios (subcommands):
+//! - `joins`: N clients join one room at the same moment; time until every client has its
+//!   first packet, handshake and first-packet percentiles.
+//! - `moves`: N clients in one room each send `move` at a fixed rate; move-to-echo latency
+//!   (p50/p95/p99/p999) — the echo is the sync frame that carries the sender's own new `x`,
+//!   unique per move — and frames and bytes received per second.
+//! - `throughput`: closed loop, each client sends its next move as soon as the previous one
+//!   echoed; the acknowledged moves per second at saturation, and their latency.
+//! - `reconnect`: N clients connected through a relay that cuts every socket at once; the
+//!   clients reconnect by themselves with the same session ids: time until all have their
+//!   first packet again, and whether they kept their public id.
+//! - `idle`: N clients over R rooms held S seconds: the server's RSS per client.
 //!
-//! Traffic goes only to the given URL, which must be a loopback address; every run is bounded
-//! in clients and time.
+//! With `--server-pid`, the server's CPU (% of one core) and RSS are read from `/proc` over
+//! the run. `--json` prints one JSON object; `--plot FILE.svg` draws latency, moves/s,
+//! frames/s and CPU over time. A progress bar is shown on stderr when stdout is a terminal
+//! and `CI` is not `true`.
+//!
+//! Only loopback servers are accepted, and every run is bounded in clients and time.
 
+mod metrics;
+mod plot;
+mod proxy;
+mod scenarios;
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
+
+use crate::metrics::{Metrics, ProcWindow, Sampler};
+use crate::scenarios::{Pace, Run};
+
+/// The load generator allocates for every frame it parses; mimalloc keeps that cheaper than
+/// glibc's allocator (malloc and free were a quarter of its CPU profile in a join storm).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Most clients one run may open.
+const MAX_CLIENTS: usize = 20_000;
+/// Longest measured or held period of one run, seconds.
+const MAX_SECONDS: f64 = 600.0;
+/// Longest run, seconds (`--timeout`).
+const MAX_TIMEOUT: u64 = 1800;
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Server base URL, e.g. ws://127.0.0.1:3000 (loopback only).
-    #[arg(long, default_value = "ws://127.0.0.1:3000")]
+    /// Server base URL, e.g. ws://127.0.0.1:3000 (loopback only: localhost, 127.0.0.0/8, [::1]).
+    #[arg(long, default_value = "ws://127.0.0.1:3000", global = true)]
     url: String,
-    /// Room id (a random one by default).
-    #[arg(long)]
+    /// Room id (for `idle`, the prefix of the room ids). A random one by default.
+    #[arg(long, global = true)]
     room: Option<String>,
-    /// Print the result as one JSON object.
-    #[arg(long)]
+    /// Print the result as one JSON object on stdout (instead of the human summary).
+    #[arg(long, global = true)]
     json: bool,
-    /// The server's process id: its RSS and CPU time are measured around the run.
-    #[arg(long)]
+    /// Write a plot of latency, throughput and CPU over time to this SVG file.
+    #[arg(long, global = true, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
+    /// The server's process id: its CPU and RSS are sampled from /proc during the run.
+    #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// A name for the server in the output (e.g. "partyroom").
+    #[arg(long, global = true, default_value = "server")]
+    label: String,
+    /// Worker threads of the load generator (default: the CPUs it may run on).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Give up on anything still pending after this many seconds from the start.
+    #[arg(long, global = true, default_value_t = 300)]
+    timeout: u64,
+    /// Frames each client may queue unread before skipping the oldest (default: 256 for
+    /// joins, 1024 for reconnect, 4096 for moves and throughput, 64 for idle).
+    #[arg(long, global = true, default_value_t = 0)]
+    event_capacity: usize,
+    /// No progress bar.
+    #[arg(long, global = true)]
+    no_progress: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
 #[derive(Subcommand, Debug)]
 enum Scenario {
-    /// N clients join one room at the same time.
+    /// N clients join one room at the same moment.
     Joins {
         /// Number of clients.
         #[arg(long, default_value_t = 1000)]
         clients: usize,
     },
-    /// N clients connect (at most `concurrency` at once) and stay idle.
-    Idle {
-        /// Number of clients.
-        #[arg(long, default_value_t = 10_000)]
-        clients: usize,
-        /// Connections being opened at the same time.
-        #[arg(long, default_value_t = 200)]
-        concurrency: usize,
-        /// Seconds to hold them once all are connected.
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-        /// Spread the clients over this many rooms.
-        #[arg(long, default_value_t = 1)]
-        rooms: usize,
-    },
-    /// N clients each send `move` at a fixed rate.
+    /// N clients in one room each send `move` at a fixed rate.
     Moves {
         /// Number of clients.
         #[arg(long, default_value_t = 100)]
@@ -72,306 +106,557 @@ enum Scenario {
         /// Moves per second per client.
         #[arg(long, default_value_t = 1.5)]
         rate: f64,
-        /// Seconds of measurement (after joining).
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Seconds of sending before measuring starts.
+        #[arg(long, default_value_t = 0.0)]
+        warmup: f64,
+        /// Seconds to wait for the last echoes after sending stops.
+        #[arg(long, default_value_t = 5.0)]
+        drain: f64,
+        /// Clients connecting at the same time during setup.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
+    /// Closed loop: each client sends its next move as soon as the previous one echoed.
+    Throughput {
+        /// Number of clients (moves in flight).
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Seconds of measurement.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Seconds of load before measuring starts.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Milliseconds to wait for an echo before sending the next move anyway.
+        #[arg(long, default_value_t = 5000)]
+        echo_timeout_ms: u64,
+        /// At most this many moves per second per client (0: no cap). partyroom drops what a
+        /// client sends beyond 100 messages per second, and a dropped move stalls its client
+        /// for the echo timeout; the default stays under that limit. The result says how many
+        /// moves the cap held back.
+        #[arg(long, default_value_t = 90.0)]
+        max_rate: f64,
+        /// Clients connecting at the same time during setup.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
+    /// N clients lose their sockets at once and reconnect with the same session ids.
+    Reconnect {
+        /// Number of clients.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Smallest delay before a client reconnects (its reconnection policy), ms.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Random extra delay per client (its policy's jitter), ms.
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+        /// Clients connecting at the same time during setup.
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+    },
+    /// N clients over R rooms connect and stay idle.
+    Idle {
+        /// Number of clients.
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Spread the clients over this many rooms.
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        /// Seconds to hold them once all are connected.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Clients connecting at the same time.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
     },
 }
 
-fn check_loopback(url: &str) -> anyhow::Result<()> {
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split(['/', ':']).next())
-        .unwrap_or_default();
-    if !(host == "localhost" || host.starts_with("127.") || host == "[") {
-        bail!("refusing to load {host}: the load generator only targets loopback addresses");
-    }
-    Ok(())
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn join(base: &str, room: &str, session: &str) -> anyhow::Result<(Ws, String)> {
-    let url = format!("{base}/parties/main/{room}?id={session}&name=bot");
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
-        .await
-        .with_context(|| format!("connecting {url}"))?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(&t)?;
-                if let Some(pid) = v["value"]["pId"].as_str() {
-                    return Ok((ws, pid.to_owned()));
-                }
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("closed before the first packet"),
+impl Scenario {
+    fn name(&self) -> &'static str {
+        match self {
+            Scenario::Joins { .. } => "joins",
+            Scenario::Moves { .. } => "moves",
+            Scenario::Throughput { .. } => "throughput",
+            Scenario::Reconnect { .. } => "reconnect",
+            Scenario::Idle { .. } => "idle",
         }
     }
-}
 
-fn percentiles(h: &Histogram<u64>) -> Value {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    json!({
-        "count": h.len(),
-        "p50_ms": ms(0.50),
-        "p95_ms": ms(0.95),
-        "p99_ms": ms(0.99),
-        "p999_ms": ms(0.999),
-        "max_ms": h.max() as f64 / 1000.0,
-    })
-}
-
-async fn joins(base: &str, room: &str, clients: usize) -> anyhow::Result<Value> {
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(clients);
-    for i in 0..clients {
-        let (base, room) = (base.to_owned(), room.to_owned());
-        tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let (ws, _) = join(&base, &room, &format!("join-{i}")).await?;
-            anyhow::Ok((t.elapsed(), ws))
-        }));
-    }
-    let mut hist = Histogram::<u64>::new(3)?;
-    let mut sockets = Vec::with_capacity(clients);
-    for t in tasks {
-        let (elapsed, ws) = t.await??;
-        hist.record(elapsed.as_micros() as u64)?;
-        sockets.push(ws);
-    }
-    let total = start.elapsed();
-    for mut ws in sockets {
-        let _ = ws.close(None).await;
-    }
-    Ok(json!({
-        "scenario": "joins",
-        "clients": clients,
-        "all_joined_ms": total.as_secs_f64() * 1000.0,
-        "first_packet": percentiles(&hist),
-    }))
-}
-
-async fn moves(
-    base: &str,
-    room: &str,
-    clients: usize,
-    rate: f64,
-    seconds: u64,
-) -> anyhow::Result<Value> {
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let received = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut joined = Vec::with_capacity(clients);
-    for i in 0..clients {
-        joined.push(join(base, room, &format!("mover-{i}-{}", fastrand::u32(..))).await?);
-    }
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let mut tasks = Vec::new();
-    for (i, (ws, pid)) in joined.into_iter().enumerate() {
-        let (hist, received, sent) = (hist.clone(), received.clone(), sent.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut tx, mut rx) = ws.split();
-            // Moves in flight: x coordinate -> send time. Each x is unique per client.
-            let pending: Arc<Mutex<Vec<(f64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
-            let reader = {
-                let pending = pending.clone();
-                let pid = pid.clone();
-                async move {
-                    while let Some(Ok(msg)) = rx.next().await {
-                        let Message::Text(t) = msg else { continue };
-                        received.fetch_add(1, Ordering::Relaxed);
-                        let Ok(v) = serde_json::from_str::<Value>(&t) else {
-                            continue;
-                        };
-                        if let Some(x) = v["value"]["players"][&pid]["x"].as_f64() {
-                            let now = Instant::now();
-                            let mut p = pending.lock().await;
-                            if let Some(pos) = p.iter().position(|(px, _)| *px == x) {
-                                let (_, at) = p.swap_remove(pos);
-                                let _ = hist
-                                    .lock()
-                                    .await
-                                    .record((now - at).as_micros().max(1) as u64);
-                            }
-                        }
-                    }
-                }
-            };
-            let writer = async move {
-                // Spread the clients over the first period.
-                tokio::time::sleep(period.mul_f64(i as f64 / clients as f64)).await;
-                let mut tick = tokio::time::interval(period);
-                let mut seq = 0u64;
-                while Instant::now() < deadline {
-                    tick.tick().await;
-                    seq += 1;
-                    let x = 100.0 + (seq % 700) as f64 + (i as f64) / 1000.0;
-                    pending.lock().await.push((x, Instant::now()));
-                    let msg = json!({"action":"move","value":{"x": x, "y": 100 + (seq % 300)}});
-                    if tx.send(Message::text(msg.to_string())).await.is_err() {
-                        break;
-                    }
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = tx.close().await;
-            };
-            tokio::select! {
-                () = reader => {},
-                () = writer => {},
-            }
-        }));
-    }
-    let started = Instant::now();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let hist = hist.lock().await;
-    Ok(json!({
-        "scenario": "moves",
-        "clients": clients,
-        "rate_per_client": rate,
-        "seconds": seconds,
-        "moves_sent": sent.load(Ordering::Relaxed),
-        "packets_received": received.load(Ordering::Relaxed),
-        "packets_per_second": received.load(Ordering::Relaxed) as f64 / elapsed,
-        "move_to_echo": percentiles(&hist),
-    }))
-}
-
-async fn idle(
-    base: &str,
-    room: &str,
-    clients: usize,
-    concurrency: usize,
-    seconds: u64,
-    rooms: usize,
-    server: Option<u32>,
-) -> anyhow::Result<Value> {
-    let before = server.and_then(proc_stats);
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(clients);
-    for i in 0..clients {
-        let (base, room, sem) = (
-            base.to_owned(),
-            format!("{room}-{}", i % rooms.max(1)),
-            sem.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire().await?;
-            let (ws, _) = join(&base, &room, &format!("idle-{i}")).await?;
-            anyhow::Ok(ws)
-        }));
-    }
-    let mut sockets = Vec::with_capacity(clients);
-    for t in tasks {
-        sockets.push(t.await??);
-    }
-    let connected_in = start.elapsed();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let during = server.and_then(proc_stats);
-    let rss_per_client = match (&before, &during) {
-        (Some(b), Some(d)) => {
-            Some((d.rss_kib.saturating_sub(b.rss_kib)) as f64 * 1024.0 / clients as f64)
+    fn clients(&self) -> usize {
+        match self {
+            Scenario::Joins { clients }
+            | Scenario::Moves { clients, .. }
+            | Scenario::Throughput { clients, .. }
+            | Scenario::Reconnect { clients, .. }
+            | Scenario::Idle { clients, .. } => *clients,
         }
-        _ => None,
+    }
+
+    /// Sockets the load generator holds at once.
+    fn sockets(&self) -> usize {
+        match self {
+            // Client to relay, relay to client, relay to server.
+            Scenario::Reconnect { clients, .. } => clients * 3,
+            other => other.clients(),
+        }
+    }
+
+    fn params(&self) -> Value {
+        match self {
+            Scenario::Joins { clients } => json!({ "clients": clients }),
+            Scenario::Moves {
+                clients,
+                rate,
+                seconds,
+                warmup,
+                drain,
+                concurrency,
+            } => json!({
+                "clients": clients, "rate": rate, "seconds": seconds, "warmup": warmup,
+                "drain": drain, "concurrency": concurrency,
+            }),
+            Scenario::Throughput {
+                clients,
+                seconds,
+                warmup,
+                echo_timeout_ms,
+                max_rate,
+                concurrency,
+            } => json!({
+                "clients": clients, "seconds": seconds, "warmup": warmup,
+                "echo_timeout_ms": echo_timeout_ms, "max_rate": max_rate,
+                "concurrency": concurrency,
+            }),
+            Scenario::Reconnect {
+                clients,
+                delay_ms,
+                jitter_ms,
+                concurrency,
+            } => json!({
+                "clients": clients, "delay_ms": delay_ms, "jitter_ms": jitter_ms,
+                "concurrency": concurrency,
+            }),
+            Scenario::Idle {
+                clients,
+                rooms,
+                seconds,
+                concurrency,
+            } => json!({
+                "clients": clients, "rooms": rooms, "seconds": seconds,
+                "concurrency": concurrency,
+            }),
+        }
+    }
+
+    /// Refuse unbounded or absurd runs.
+    fn check_bounds(&self) -> anyhow::Result<()> {
+        let clients = self.clients();
+        if clients == 0 || clients > MAX_CLIENTS {
+            bail!("--clients must be between 1 and {MAX_CLIENTS}");
+        }
+        let seconds = match self {
+            Scenario::Moves {
+                seconds,
+                warmup,
+                drain,
+                ..
+            } => {
+                if !(0.0..=MAX_SECONDS).contains(warmup) || !(0.0..=60.0).contains(drain) {
+                    bail!("--warmup must be within 0..={MAX_SECONDS}, --drain within 0..=60");
+                }
+                *seconds
+            }
+            Scenario::Throughput {
+                seconds,
+                warmup,
+                max_rate,
+                ..
+            } => {
+                if !(0.0..=MAX_SECONDS).contains(warmup) {
+                    bail!("--warmup must be within 0..={MAX_SECONDS}");
+                }
+                if !(*max_rate >= 0.0 && *max_rate <= 10_000.0) {
+                    bail!("--max-rate must be within 0..=10000");
+                }
+                *seconds
+            }
+            Scenario::Idle { seconds, .. } => *seconds,
+            _ => 0.0,
+        };
+        if !(0.0..=MAX_SECONDS).contains(&seconds) {
+            bail!("--seconds must be within 0..={MAX_SECONDS}");
+        }
+        if let Scenario::Moves { rate, .. } = self
+            && !(*rate > 0.0 && *rate <= 1000.0)
+        {
+            bail!("--rate must be within (0, 1000] moves per second per client");
+        }
+        Ok(())
+    }
+}
+
+/// The `host:port` of a loopback URL (`ws://`, `http://` or no scheme), or an error.
+fn loopback_host(url: &str) -> anyhow::Result<String> {
+    let rest = ["ws://", "http://"]
+        .iter()
+        .find_map(|p| url.strip_prefix(p))
+        .unwrap_or(url);
+    if url.starts_with("wss://") || url.starts_with("https://") {
+        bail!("TLS is not supported; use a ws:// loopback URL");
+    }
+    let host_port = rest.strip_suffix('/').unwrap_or(rest);
+    if host_port.contains('/') || host_port.contains('?') || host_port.contains('@') {
+        bail!("--url must be a base URL like ws://127.0.0.1:3000, not {url}");
+    }
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
     };
-    for mut ws in sockets {
-        let _ = ws.close(None).await;
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!(
+            "refusing to load {host:?}: the load generator only targets loopback addresses \
+             (localhost, 127.0.0.0/8, [::1])"
+        );
     }
-    Ok(json!({
-        "scenario": "idle",
-        "clients": clients,
-        "rooms": rooms,
-        "connected_ms": connected_in.as_secs_f64() * 1000.0,
-        "server_rss_kib_before": before.as_ref().map(|s| s.rss_kib),
-        "server_rss_kib_with_clients": during.as_ref().map(|s| s.rss_kib),
-        "server_rss_bytes_per_client": rss_per_client,
-    }))
-}
-
-/// RSS and CPU time of a process, from /proc.
-struct ProcStats {
-    rss_kib: u64,
-    cpu_ticks: u64,
-}
-
-fn proc_stats(pid: u32) -> Option<ProcStats> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(ProcStats {
-        rss_kib,
-        cpu_ticks: utime + stime,
+    let port_given = match host_port.strip_prefix('[') {
+        Some(v6) => v6.contains("]:"),
+        None => host_port.contains(':'),
+    };
+    Ok(if port_given {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:80")
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Resolve `host:port` to a loopback socket address.
+async fn resolve(host: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(host)
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .find(|a| a.ip().is_loopback())
+        .with_context(|| format!("{host} has no loopback address"))
+}
+
+fn progress_enabled(no_progress: bool) -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    !no_progress && !ci && std::io::stdout().is_terminal()
+}
+
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    check_loopback(&args.url)?;
+    let host = loopback_host(&args.url)?;
+    args.scenario.check_bounds()?;
+    scenarios::check_fd_limit(args.scenario.sockets())?;
+    if args.timeout == 0 || args.timeout > MAX_TIMEOUT {
+        bail!("--timeout must be within 1..={MAX_TIMEOUT} seconds");
+    }
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run(args, host, threads));
+    // Clients still closing in the background must not hold the process.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+async fn run(args: Args, host: String, threads: usize) -> anyhow::Result<()> {
+    let addr = resolve(&host).await?;
     let room = args
         .room
         .clone()
-        .unwrap_or_else(|| format!("load-{}", fastrand::u32(..)));
-    let base = args.url.trim_end_matches('/');
-    let before = args.server_pid.and_then(proc_stats);
-    let started = Instant::now();
-    let mut result = match args.scenario {
-        Scenario::Joins { clients } => joins(base, &room, clients).await?,
+        .unwrap_or_else(|| format!("load-{:08x}", fastrand::u32(..)));
+    let metrics = Metrics::new();
+    let bar = if progress_enabled(args.no_progress) {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>12.bold} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let run = Run {
+        host,
+        addr,
+        room,
+        run_id: format!("lt{:08x}", fastrand::u32(..)),
+        server_pid: args.server_pid,
+        metrics: metrics.clone(),
+        bar: bar.clone(),
+        deadline: Instant::now() + Duration::from_secs(args.timeout),
+        event_capacity: args.event_capacity,
+    };
+    let whole = ProcWindow::start(args.server_pid);
+    let sampler = Sampler::start(metrics.clone(), args.server_pid, Duration::from_secs(1));
+    let status = spawn_status_line(metrics.clone(), bar.clone(), sampler.points());
+
+    let outcome = match &args.scenario {
+        Scenario::Joins { clients } => scenarios::joins(&run, *clients).await,
         Scenario::Moves {
             clients,
             rate,
             seconds,
-        } => moves(base, &room, clients, rate, seconds).await?,
+            warmup,
+            drain,
+            concurrency,
+        } => {
+            scenarios::moves(
+                &run,
+                *clients,
+                Pace::Rate(*rate),
+                *seconds,
+                *warmup,
+                *drain,
+                *concurrency,
+            )
+            .await
+        }
+        Scenario::Throughput {
+            clients,
+            seconds,
+            warmup,
+            echo_timeout_ms,
+            max_rate,
+            concurrency,
+        } => {
+            scenarios::moves(
+                &run,
+                *clients,
+                Pace::Closed {
+                    timeout: Duration::from_millis(*echo_timeout_ms),
+                    max_rate: *max_rate,
+                },
+                *seconds,
+                *warmup,
+                0.0,
+                *concurrency,
+            )
+            .await
+        }
+        Scenario::Reconnect {
+            clients,
+            delay_ms,
+            jitter_ms,
+            concurrency,
+        } => {
+            scenarios::reconnect(
+                &run,
+                *clients,
+                Duration::from_millis(*delay_ms),
+                Duration::from_millis(*jitter_ms),
+                *concurrency,
+            )
+            .await
+        }
         Scenario::Idle {
             clients,
-            concurrency,
-            seconds,
             rooms,
-        } => {
-            idle(
-                base,
-                &room,
-                clients,
-                concurrency,
-                seconds,
-                rooms,
-                args.server_pid,
-            )
-            .await?
-        }
+            seconds,
+            concurrency,
+        } => scenarios::idle(&run, *clients, *rooms, *seconds, *concurrency).await,
     };
-    if let (Some(b), Some(a)) = (before, args.server_pid.and_then(proc_stats)) {
-        // Clock ticks are 1/100 s on Linux.
-        let cpu_seconds = (a.cpu_ticks.saturating_sub(b.cpu_ticks)) as f64 / 100.0;
-        result["server_cpu_percent_of_one_core"] =
-            json!(100.0 * cpu_seconds / started.elapsed().as_secs_f64());
-        result["server_rss_kib_after"] = json!(a.rss_kib);
+    status.abort();
+    bar.finish_and_clear();
+    let timeline = sampler.finish();
+    let results = outcome?;
+    let report = json!({
+        "tool": "partyroom-loadtest",
+        "version": env!("CARGO_PKG_VERSION"),
+        "label": args.label,
+        "url": args.url,
+        "room": run.room,
+        "scenario": args.scenario.name(),
+        "params": args.scenario.params(),
+        "load_generator_threads": threads,
+        "elapsed_ms": metrics::round3(metrics.started().elapsed().as_secs_f64() * 1000.0),
+        "results": results,
+        "whole_run": whole.finish(),
+        "timeline": timeline.iter().map(metrics::Point::to_json).collect::<Vec<_>>(),
+    });
+    if let Some(path) = &args.plot {
+        let title = format!("{} — {}", args.label, args.scenario.name());
+        let subtitle = compact_params(&args.scenario.params());
+        std::fs::write(path, plot::render(&title, &subtitle, &timeline))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
-        println!("{result}");
+        println!("{report}");
     } else {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        print!("{}", summary(&report));
     }
     Ok(())
+}
+
+/// Every 200 ms: the progress bar's position and a one-line status from the last second.
+fn spawn_status_line(
+    metrics: Arc<Metrics>,
+    bar: ProgressBar,
+    points: Arc<std::sync::Mutex<Vec<metrics::Point>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if bar.is_hidden() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            bar.set_position(metrics.progress.load(std::sync::atomic::Ordering::Relaxed));
+            let last = points
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last()
+                .cloned();
+            if let Some(p) = last {
+                let mut msg = format!("{:.0} frames/s", p.packets_per_s);
+                if p.sent_per_s > 0.0 || p.acked_per_s > 0.0 {
+                    msg.push_str(&format!(", {:.0} moves/s acked", p.acked_per_s));
+                }
+                if let Some(p99) = p.p99_ms {
+                    msg.push_str(&format!(", p99 {p99:.1} ms"));
+                }
+                if let Some(cpu) = p.server_cpu {
+                    msg.push_str(&format!(", server {cpu:.0}% CPU"));
+                }
+                bar.set_message(msg);
+            }
+        }
+    })
+}
+
+fn compact_params(params: &Value) -> String {
+    params
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// The human summary: the results, one line per figure.
+fn summary(report: &Value) -> String {
+    let mut out = format!(
+        "{} — {} ({})\n",
+        report["label"].as_str().unwrap_or("server"),
+        report["scenario"].as_str().unwrap_or("?"),
+        compact_params(&report["params"]),
+    );
+    write_section(&mut out, &report["results"], 1);
+    out
+}
+
+fn write_section(out: &mut String, v: &Value, depth: usize) {
+    let Some(map) = v.as_object() else { return };
+    let indent = "  ".repeat(depth);
+    for (k, v) in map {
+        if v.is_null() {
+            continue;
+        }
+        if let Some(p50) = v.get("p50_ms") {
+            out.push_str(&format!(
+                "{indent}{k}: p50 {} ms, p95 {} ms, p99 {} ms, p999 {} ms, max {} ms ({} samples)\n",
+                p50, v["p95_ms"], v["p99_ms"], v["p999_ms"], v["max_ms"], v["count"]
+            ));
+        } else if v.get("count") == Some(&json!(0)) {
+            out.push_str(&format!("{indent}{k}: no samples\n"));
+        } else if v.is_object() {
+            out.push_str(&format!("{indent}{k}:\n"));
+            write_section(out, v, depth + 1);
+        } else {
+            out.push_str(&format!("{indent}{k}: {v}\n"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_urls() {
+        assert_eq!(
+            loopback_host("ws://127.0.0.1:3000").unwrap(),
+            "127.0.0.1:3000"
+        );
+        assert_eq!(
+            loopback_host("http://localhost:8080/").unwrap(),
+            "localhost:8080"
+        );
+        assert_eq!(loopback_host("127.1.2.3:9").unwrap(), "127.1.2.3:9");
+        assert_eq!(loopback_host("ws://[::1]:3000").unwrap(), "[::1]:3000");
+        assert_eq!(loopback_host("ws://localhost").unwrap(), "localhost:80");
+        for bad in [
+            "ws://10.0.0.1:3000",
+            "ws://192.168.1.2:3000",
+            "ws://example.com:3000",
+            "ws://127.0.0.1.example.com:3000",
+            "wss://127.0.0.1:3000",
+            "ws://[::2]:3000",
+            "ws://127.0.0.1:3000/parties/main/x",
+            "ws://user@127.0.0.1:3000",
+        ] {
+            assert!(loopback_host(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn bounds_are_enforced() {
+        let too_many = Scenario::Joins { clients: 100_000 };
+        assert!(too_many.check_bounds().is_err());
+        let too_long = Scenario::Idle {
+            clients: 10,
+            rooms: 1,
+            seconds: 10_000.0,
+            concurrency: 1,
+        };
+        assert!(too_long.check_bounds().is_err());
+        let ok = Scenario::Moves {
+            clients: 10,
+            rate: 1.5,
+            seconds: 5.0,
+            warmup: 0.0,
+            drain: 1.0,
+            concurrency: 10,
+        };
+        assert!(ok.check_bounds().is_ok());
+        assert!(
+            Scenario::Reconnect {
+                clients: 10,
+                delay_ms: 0,
+                jitter_ms: 0,
+                concurrency: 1
+            }
+            .sockets()
+                == 30
+        );
+    }
+
+    #[test]
+    fn summary_lists_percentiles() {
+        let report = json!({
+            "label": "partyroom", "scenario": "moves", "params": {"clients": 2},
+            "results": {"move_to_echo": {"count": 3, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0,
+            "p999_ms": 3.0, "max_ms": 3.0}, "window": {"packets_per_second": 10.0}},
+        });
+        let s = summary(&report);
+        assert!(s.contains("move_to_echo: p50 1.0 ms"));
+        assert!(s.contains("packets_per_second: 10.0"));
+    }
 }
