@@ -368,7 +368,7 @@ const md = [
   ...rows,
   '',
   ...(notes.length ? ['Limits seen in this run:', '', ...notes.map((n) => `- ${n}`), ''] : []),
-  'A known cost of the load generator: `partyroom-client` opens its sockets with tungstenite\'s default 128 KiB read buffer, which tungstenite zeroes before every read. The original writes each frame on its own (one read per frame on the client side), and that zeroing was about 40 % of the load generator\'s CPU in a profile against it. Against partyroom, whose writes batch the frames already queued, it costs much less. Where the notes above say the load generator used most of its core, the server\'s figure is a lower bound (throughput) or an upper bound (times).',
+  'The load generator is one process on one core: where the notes above say it used most of its core, the server\'s figure is a lower bound (throughput) or an upper bound (times). (`partyroom-client` reads with a 4 KiB buffer; with tungstenite\'s default 128 KiB, zeroed before every read, the generator spent about 40 % of its CPU on that against the original.)',
   '',
   'Raw results (JSON, one per server and scenario) and plots of latency, throughput and CPU over time (SVG) are written to `target/bench-reference/`.',
 ];
