@@ -280,3 +280,12 @@ impl TestClient {
         self.handle.disconnect(self.conn).await;
     }
 }
+
+/// The `value` of every sync packet among received frames, in order (other packets left out).
+pub fn sync_values(frames: &[Value]) -> Vec<Value> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "sync")
+        .map(|f| f["value"].clone())
+        .collect()
+}

@@ -1,5 +1,6 @@
 //! Interception, manual sync, session transfer and room-to-room requests.
 
+use partyroom_room::testing::sync_values as syncs;
 use std::time::Duration;
 
 use http::Method;
@@ -89,14 +90,6 @@ impl Room for Hall {
                 Intercept::Keep
             });
     }
-}
-
-fn syncs(frames: &[Value]) -> Vec<Value> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "sync")
-        .map(|f| f["value"].clone())
-        .collect()
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! Connection lifecycle, actions, sync scheduling and backpressure, in process (no sockets),
 //! with tokio's paused clock.
 
+use partyroom_room::testing::sync_values;
 use std::time::Duration;
 
 use partyroom_room::testing::TestRoom;
@@ -67,14 +68,6 @@ impl Room for Lobby {
         .action("panic", |_room: &mut Self, _cx, ()| panic!("handler bug"))
         .get("/count", |room: &Self, _cx| Json(room.count));
     }
-}
-
-fn sync_values(frames: &[Value]) -> Vec<Value> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "sync")
-        .map(|f| f["value"].clone())
-        .collect()
 }
 
 #[tokio::test(start_paused = true)]

@@ -7,6 +7,7 @@
 //! single-use 128-bit token; the handler sends the token to its client with `cx.send`. The
 //! client connects to the target with `?transferToken=<token>` or with the same session id.
 
+use partyroom_room::testing::sync_values as syncs;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,14 +31,6 @@ impl Calls {
     fn all(&self) -> Vec<Call> {
         self.0.lock().unwrap().clone()
     }
-}
-
-fn syncs(frames: &[Value]) -> Vec<Value> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "sync")
-        .map(|f| f["value"].clone())
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

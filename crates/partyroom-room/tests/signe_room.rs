@@ -7,6 +7,7 @@
 //! `cx.conn()`, the connect request through `cx.query()` / `ConnInfo::headers`. What a hook or
 //! guard saw is recorded in a `Probe` (a shared log kept in a `#[state(skip)]` field).
 
+use partyroom_room::testing::sync_values as syncs;
 use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, HeaderValue};
@@ -33,14 +34,6 @@ impl Probe {
     fn with(&self, key: &str, value: &str) -> Vec<Value> {
         self.all().into_iter().filter(|e| e[key] == value).collect()
     }
-}
-
-fn syncs(frames: &[Value]) -> Vec<Value> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "sync")
-        .map(|f| f["value"].clone())
-        .collect()
 }
 
 #[derive(State, Default, Clone, Debug)]

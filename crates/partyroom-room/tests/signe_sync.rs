@@ -6,17 +6,10 @@
 //! pending changes only), `$applySync()` is [`Cx::apply_sync`].
 
 use partyroom_room::testing::TestRoom;
+use partyroom_room::testing::sync_values as syncs;
 use partyroom_room::{Cx, Handlers, Json, Room, RoomConfig, Rooms};
 use partyroom_state::State;
 use serde_json::{Value, json};
-
-fn syncs(frames: &[Value]) -> Vec<Value> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "sync")
-        .map(|f| f["value"].clone())
-        .collect()
-}
 
 #[derive(State, Clone, Debug)]
 struct Board {

@@ -7,6 +7,7 @@
 //! gets back. The original's `connected: true|false` session field is `disconnectedAt`
 //! being null or a timestamp.
 
+use partyroom_room::testing::sync_values as syncs;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,14 +27,6 @@ impl Probe {
     fn all(&self) -> Vec<Value> {
         self.0.lock().unwrap().clone()
     }
-}
-
-fn syncs(frames: &[Value]) -> Vec<Value> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "sync")
-        .map(|f| f["value"].clone())
-        .collect()
 }
 
 #[derive(State, Default, Clone, Debug)]

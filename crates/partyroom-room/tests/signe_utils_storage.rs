@@ -11,6 +11,7 @@
 //! Storage rows are `state/<field>` and `state/<field>/<entry>` (the original: `state:<path>`
 //! and a compacted `state:.`).
 
+use partyroom_room::testing::sync_values as syncs;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,14 +21,6 @@ use partyroom_room::{Handlers, Json, Room, RoomConfig, RoomPattern};
 use partyroom_state::patch::apply_patch;
 use partyroom_state::{ClientMirror, LoadErrorKind, State, StateMap, Tracked, Tracker};
 use serde_json::{Map, Value, json};
-
-fn syncs(frames: &[Value]) -> Vec<Value> {
-    frames
-        .iter()
-        .filter(|f| f["type"] == "sync")
-        .map(|f| f["value"].clone())
-        .collect()
-}
 
 /// Let the room finish its storage writes, then list its keys.
 async fn stored(room: &TestRoom) -> Map<String, Value> {
