@@ -25,6 +25,7 @@ pub struct RoomConfig {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) auto_sync: bool,
     pub(crate) transfer_expiry: Duration,
+    pub(crate) batch_messages: usize,
 }
 
 impl RoomConfig {
@@ -41,12 +42,26 @@ impl RoomConfig {
             idle_timeout: Some(Duration::from_secs(60)),
             auto_sync: true,
             transfer_expiry: Duration::from_secs(300),
+            batch_messages: 64,
         }
     }
 
     /// The room id pattern.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Client messages already waiting in the room's mailbox are handled one after the other
+    /// before their changes are flushed, at most `messages` at a time: a burst of actions
+    /// becomes one patch instead of one per action. This adds no delay (only messages that
+    /// are already there are taken), so a quiet room still sends one patch per action; under
+    /// load it sends fewer, larger packets. Messages a handler sends with `send`/`broadcast`
+    /// still follow the state changes made before them. Default 64; 1 flushes after every
+    /// message.
+    #[must_use]
+    pub fn batch_messages(mut self, messages: usize) -> Self {
+        self.batch_messages = messages.max(1);
+        self
     }
 
     /// Coalesce state patches: the first change after a quiet period is sent at once, later

@@ -1,13 +1,57 @@
-//! Connections as the room sees them: channels, not sockets.
+//! Connections as the room sees them: sinks and channels, not sockets.
 //!
-//! The server (or the test harness) creates a [`ConnectionChannels`] pair per client. The room
-//! pushes frames into a bounded queue; one writer task per connection drains it to the socket.
-//! When the queue is full the client is too slow: the room closes it with code 1013 and forgets
-//! it, so a client that stops reading never grows server memory beyond its queue.
+//! A connection's outgoing side is either a pair of bounded channels ([`ConnectionChannels`],
+//! read by a writer task or by a test) or a [`ConnectionSink`] the transport implements (the
+//! server's writes frames straight to the socket when it can). Either way it is bounded: when
+//! it is full the client is too slow, the room closes it with code 1013 and forgets it, so a
+//! client that stops reading never grows server memory beyond its queue.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use tokio::sync::{mpsc, oneshot};
+
+/// What became of a frame handed to a [`ConnectionSink`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkStatus {
+    /// Written or queued; it will reach the client unless the connection fails.
+    Accepted,
+    /// The connection's queue is full: the room closes it as too slow (1013).
+    Full,
+    /// The connection is gone; its disconnect is on its way to the room.
+    Gone,
+}
+
+/// The outgoing side of one connection, implemented by a transport.
+///
+/// The room calls it from its own task, once per frame and receiver, so it must never block
+/// or await: write at once if the transport can, queue (bounded) otherwise.
+pub trait ConnectionSink: Send + Sync + 'static {
+    /// Hand over one text frame (one complete JSON document), in order.
+    fn send(&self, frame: Bytes) -> SinkStatus;
+    /// Close the connection with `frame`. Frames already accepted are sent first, except when
+    /// the code is 1013 (the client is too slow: what it has not read is dropped).
+    fn close(&self, frame: CloseFrame);
+}
+
+/// Where the room writes a connection's frames.
+pub(crate) enum Outgoing {
+    Channels {
+        frames: mpsc::Sender<Bytes>,
+        close: Option<oneshot::Sender<CloseFrame>>,
+    },
+    Sink(Arc<dyn ConnectionSink>),
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outgoing::Channels { .. } => "Outgoing::Channels",
+            Outgoing::Sink(_) => "Outgoing::Sink",
+        })
+    }
+}
 
 /// Identifies one physical connection inside a room.
 pub type ConnId = u64;
@@ -48,10 +92,8 @@ pub struct ConnectRequest {
     pub query: Vec<(String, String)>,
     /// Headers of the upgrade request.
     pub headers: HeaderMap,
-    /// Frames for the client.
-    pub(crate) frames: mpsc::Sender<Bytes>,
-    /// Fired when the room closes the connection.
-    pub(crate) close: oneshot::Sender<CloseFrame>,
+    /// Where frames for the client go.
+    pub(crate) out: Outgoing,
     /// The connect guards already passed ([`crate::RoomHandle::admit`]).
     pub(crate) admitted: bool,
 }
@@ -88,21 +130,48 @@ impl ConnectRequest {
         let (ftx, frx) = mpsc::channel(queue.max(1));
         let (ctx, crx) = oneshot::channel();
         (
-            Self {
-                session_id: session_id
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty()),
+            Self::build(
+                session_id,
                 query,
                 headers,
-                frames: ftx,
-                close: ctx,
-                admitted: false,
-            },
+                Outgoing::Channels {
+                    frames: ftx,
+                    close: Some(ctx),
+                },
+            ),
             ConnectionChannels {
                 frames: frx,
                 close: crx,
             },
         )
+    }
+
+    /// A connect request whose frames go to `sink` (a transport's own writer). The sink is
+    /// responsible for bounding what it queues (see [`crate::RoomConfig::outgoing_queue`]).
+    pub fn with_sink(
+        session_id: Option<String>,
+        query: Vec<(String, String)>,
+        headers: HeaderMap,
+        sink: Arc<dyn ConnectionSink>,
+    ) -> Self {
+        Self::build(session_id, query, headers, Outgoing::Sink(sink))
+    }
+
+    fn build(
+        session_id: Option<String>,
+        query: Vec<(String, String)>,
+        headers: HeaderMap,
+        out: Outgoing,
+    ) -> Self {
+        Self {
+            session_id: session_id
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty()),
+            query,
+            headers,
+            out,
+            admitted: false,
+        }
     }
 }
 
@@ -134,9 +203,8 @@ impl ConnInfo {
 /// The room's side of a live connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) info: std::sync::Arc<ConnInfo>,
-    pub(crate) frames: mpsc::Sender<Bytes>,
-    pub(crate) close: Option<oneshot::Sender<CloseFrame>>,
+    pub(crate) info: Arc<ConnInfo>,
+    pub(crate) out: Outgoing,
 }
 
 /// Result of queueing a frame.
@@ -151,16 +219,28 @@ pub(crate) enum Push {
 
 impl Conn {
     pub(crate) fn push(&self, frame: Bytes) -> Push {
-        match self.frames.try_send(frame) {
-            Ok(()) => Push::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Push::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Push::Gone,
+        match &self.out {
+            Outgoing::Channels { frames, .. } => match frames.try_send(frame) {
+                Ok(()) => Push::Queued,
+                Err(mpsc::error::TrySendError::Full(_)) => Push::Full,
+                Err(mpsc::error::TrySendError::Closed(_)) => Push::Gone,
+            },
+            Outgoing::Sink(sink) => match sink.send(frame) {
+                SinkStatus::Accepted => Push::Queued,
+                SinkStatus::Full => Push::Full,
+                SinkStatus::Gone => Push::Gone,
+            },
         }
     }
 
     pub(crate) fn close(&mut self, frame: CloseFrame) {
-        if let Some(tx) = self.close.take() {
-            let _ = tx.send(frame);
+        match &mut self.out {
+            Outgoing::Channels { close, .. } => {
+                if let Some(tx) = close.take() {
+                    let _ = tx.send(frame);
+                }
+            }
+            Outgoing::Sink(sink) => sink.close(frame),
         }
     }
 }

@@ -37,6 +37,16 @@ pub(crate) struct Effects {
     pub(crate) transfers: Vec<TransferOut>,
 }
 
+impl Effects {
+    /// Nothing but state changes was asked for.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.outbound.is_empty()
+            && self.auto_sync.is_none()
+            && !self.apply_sync
+            && self.transfers.is_empty()
+    }
+}
+
 /// Room-wide things every handler can reach.
 #[derive(Debug)]
 pub(crate) struct RoomScope<'a> {

@@ -31,7 +31,9 @@ pub mod testing;
 
 pub use actor::ConnectError;
 pub use config::RoomConfig;
-pub use conn::{CloseFrame, ConnId, ConnInfo, ConnectRequest, ConnectionChannels};
+pub use conn::{
+    CloseFrame, ConnId, ConnInfo, ConnectRequest, ConnectionChannels, ConnectionSink, SinkStatus,
+};
 pub use context::TransferError;
 pub use context::{Cx, HttpCx};
 pub use handler::{

@@ -149,7 +149,10 @@ async fn actions_sync_to_every_client_and_bad_messages_change_nothing() {
     assert!(a.drain().is_empty(), "rejected messages send nothing");
     assert!(a.closed().is_none(), "the connection stays open");
 
+    // One at a time (messages that wait in the mailbox together are flushed as one patch,
+    // see `batched_messages_become_one_patch`).
     a.send("add", json!(5)).await;
+    room.settle().await;
     a.send("inc", Value::Null).await;
     room.settle().await;
     assert_eq!(
@@ -311,7 +314,11 @@ async fn throttled_sync_sends_the_leading_edge_then_one_merged_patch() {
     }
     impl Room for Fast {
         fn config() -> RoomConfig {
-            RoomConfig::new("fast").throttle_sync(Duration::from_millis(50))
+            // One patch per message, as the original's spec 6.8 example (each change is
+            // flushed on its own before the throttle merges them).
+            RoomConfig::new("fast")
+                .throttle_sync(Duration::from_millis(50))
+                .batch_messages(1)
         }
         fn handlers(h: &mut Handlers<Self>) {
             h.action(
@@ -438,4 +445,85 @@ async fn guards_run_in_order_and_the_fallback_catches_unknown_actions() {
     c.drain();
     assert_eq!(c.mirror().state()["count"], 2);
     assert_eq!(ACTION_GUARD.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn batched_messages_become_one_patch() {
+    #[derive(State, Default, Clone)]
+    struct Counter {
+        n: i64,
+        log: Vec<i64>,
+    }
+    fn handlers(h: &mut Handlers<Counter>) {
+        h.action("add", |r: &mut Counter, _cx, Json(v): Json<i64>| {
+            r.n += v;
+        })
+        .action("note", |r: &mut Counter, cx, Json(v): Json<i64>| {
+            r.log.push(v);
+            cx.broadcast(&json!({"noted": v}));
+        });
+    }
+    impl Room for Counter {
+        fn config() -> RoomConfig {
+            RoomConfig::new("batched")
+        }
+        fn handlers(h: &mut Handlers<Self>) {
+            handlers(h);
+        }
+    }
+    let room = TestRoom::new::<Counter>("batched");
+    let mut c = room.connect(None).await;
+    room.settle().await;
+    c.drain();
+
+    // Three messages waiting together: handled in order, flushed once.
+    for v in [1, 2, 3] {
+        c.send("add", json!(v)).await;
+    }
+    room.settle().await;
+    assert_eq!(sync_values(&c.drain()), vec![json!({"n": 6})]);
+
+    // A handler that sends a message flushes the changes made before it first, so the
+    // message never overtakes the state it follows.
+    c.send("add", json!(10)).await;
+    c.send("note", json!(7)).await;
+    c.send("add", json!(100)).await;
+    room.settle().await;
+    let frames = c.drain();
+    assert_eq!(
+        frames,
+        vec![
+            json!({"type": "sync", "value": {"n": 16, "log": [7]}}),
+            json!({"noted": 7}),
+            json!({"type": "sync", "value": {"n": 116}}),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn batching_can_be_turned_off() {
+    #[derive(State, Default, Clone)]
+    struct One {
+        n: i64,
+    }
+    impl Room for One {
+        fn config() -> RoomConfig {
+            RoomConfig::new("one").batch_messages(1)
+        }
+        fn handlers(h: &mut Handlers<Self>) {
+            h.action("add", |r: &mut Self, _cx, Json(v): Json<i64>| r.n += v);
+        }
+    }
+    let room = TestRoom::new::<One>("one");
+    let mut c = room.connect(None).await;
+    room.settle().await;
+    c.drain();
+    for v in [1, 2, 3] {
+        c.send("add", json!(v)).await;
+    }
+    room.settle().await;
+    assert_eq!(
+        sync_values(&c.drain()),
+        vec![json!({"n": 1}), json!({"n": 3}), json!({"n": 6})]
+    );
 }

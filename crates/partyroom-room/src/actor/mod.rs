@@ -161,6 +161,8 @@ pub(crate) struct RoomActor<R: Room> {
     /// Connections waiting for their first packet while automatic sync is off.
     pending_initial: Vec<ConnId>,
     transfers: HashMap<String, Transfer>,
+    /// Message handlers changed state that is not flushed yet (see `run`).
+    unflushed: bool,
     /// Since when the room has had no connection (for unloading).
     idle_since: Option<Instant>,
 }
@@ -238,6 +240,7 @@ impl<R: Room> RoomActor<R> {
             manual_pending: Vec::new(),
             pending_initial: Vec::new(),
             transfers: HashMap::new(),
+            unflushed: false,
         }
     }
 
@@ -253,15 +256,47 @@ impl<R: Room> RoomActor<R> {
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
-                msg = mailbox.recv(), if shutdown.is_none() => match msg {
-                    Some(RoomMsg::Shutdown(reply)) => {
-                        self.flush_state();
-                        self.persist.due_now();
-                        shutdown = Some(reply);
+                msg = mailbox.recv(), if shutdown.is_none() => {
+                    let Some(msg) = msg else { break };
+                    // Messages already waiting are handled before the changes are flushed
+                    // (opportunistic batching: a burst becomes one patch, a quiet room
+                    // still flushes after each message).
+                    let mut next = Some(msg);
+                    let mut budget = self.config.batch_messages;
+                    let mut yields = 0;
+                    while let Some(msg) = next.take() {
+                        if let RoomMsg::Shutdown(reply) = msg {
+                            self.flush_state();
+                            self.persist.due_now();
+                            shutdown = Some(reply);
+                            break;
+                        }
+                        if self.unflushed && !matches!(msg, RoomMsg::Message(..)) {
+                            // Connects, requests and the rest see (and are ordered after)
+                            // the changes of the messages before them.
+                            self.flush_state();
+                            self.drop_slow();
+                        }
+                        self.handle(msg);
+                        budget -= 1;
+                        if budget > 0 {
+                            next = mailbox.try_recv().ok();
+                            if next.is_none() && self.unflushed && yields < MAX_BATCH_YIELDS {
+                                // Let the runtime poll the sockets: messages that have
+                                // already arrived join this batch. When idle, the first
+                                // yield finds nothing and costs a few µs; under load, each
+                                // one that finds more allows another.
+                                tokio::task::yield_now().await;
+                                next = mailbox.try_recv().ok();
+                                yields = if next.is_some() { yields + 1 } else { MAX_BATCH_YIELDS };
+                            }
+                        }
                     }
-                    Some(msg) => self.handle(msg),
-                    None => break,
-                },
+                    if self.unflushed {
+                        self.flush_state();
+                        self.drop_slow();
+                    }
+                }
                 done = self.persist.written() => self.on_written(done),
                 () = sleep_until(deadline) => self.on_timer(),
             }
@@ -489,8 +524,7 @@ impl<R: Room> RoomActor<R> {
         let ConnectRequest {
             query,
             headers,
-            frames,
-            close,
+            out,
             ..
         } = req;
         let info = Arc::new(ConnInfo {
@@ -513,11 +547,7 @@ impl<R: Room> RoomActor<R> {
         // Others see the join as one coalesced patch; the new client is not listed yet and
         // gets the full snapshot instead.
         self.flush_state();
-        let conn = Conn {
-            info,
-            frames,
-            close: Some(close),
-        };
+        let conn = Conn { info, out };
         self.conns.insert(conn_id, conn);
         if self.auto_sync {
             self.send_initial(conn_id);
@@ -747,8 +777,14 @@ impl<R: Room> RoomActor<R> {
         if let Err(rejection) = self.run_action(conn_id, text) {
             tracing::debug!(room = %self.id, conn = conn_id, %rejection, "message dropped");
         }
-        self.flush_state();
-        self.after_handler();
+        if self.effects.is_empty() {
+            // Flushed after the batch of waiting messages (see `run`).
+            self.unflushed = true;
+        } else {
+            // Messages and sync switches must follow the changes made before them.
+            self.flush_state();
+            self.after_handler();
+        }
     }
 
     fn run_action(&mut self, conn_id: ConnId, text: &[u8]) -> Result<(), Rejection> {
@@ -866,6 +902,7 @@ impl<R: Room> RoomActor<R> {
     /// Find what handlers changed; hand the patch to the sync scheduler, or keep it for
     /// `apply_sync` while automatic sync is off.
     fn flush_state(&mut self) {
+        self.unflushed = false;
         let flush = self.tracker.flush();
         self.persist
             .rows_changed(flush.persist.rows(), self.config.throttle_storage);
@@ -1022,6 +1059,9 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// How many times a batch of messages may yield to the runtime to collect more (see `run`).
+const MAX_BATCH_YIELDS: u32 = 8;
 
 const ID_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
