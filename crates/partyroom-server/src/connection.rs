@@ -1,113 +1,163 @@
-//! One task per WebSocket connection: reads client frames into the room's mailbox and writes
-//! the room's frames to the socket.
+//! One task per WebSocket connection: reads client frames into the room's mailbox, and writes
+//! the frames its [`Outbox`] could not write at once.
 
-use axum::extract::ws::{CloseFrame as WsCloseFrame, Message, Utf8Bytes, WebSocket};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use partyroom_room::{CloseFrame, ConnId, ConnectionChannels, RoomHandle};
+use futures_util::StreamExt;
+use partyroom_room::{CloseFrame, ConnId, ConnectionSink, RoomHandle};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-/// Drive one accepted connection until either side closes or the server shuts down.
-pub(crate) async fn run(
-    socket: WebSocket,
-    room: RoomHandle,
-    conn: ConnId,
-    channels: ConnectionChannels,
-    shutdown: CancellationToken,
-    messages_per_second: u32,
-) {
-    let mut bucket = TokenBucket::new(messages_per_second);
-    let (mut sink, mut stream) = socket.split();
-    let ConnectionChannels {
-        mut frames,
-        mut close,
-    } = channels;
+use crate::outbox::Outbox;
 
-    let writer = async {
-        loop {
-            tokio::select! {
-                frame = frames.recv() => {
-                    let Some(frame) = frame else { break };
-                    if feed(&mut sink, frame).await.is_err() {
-                        return;
-                    }
-                    // Write everything already queued, then flush once.
-                    while let Ok(frame) = frames.try_recv() {
-                        if feed(&mut sink, frame).await.is_err() {
-                            return;
-                        }
-                    }
-                    if sink.flush().await.is_err() {
-                        return;
-                    }
+/// How long a closing connection may take to write its last frames.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the connection task writes what waits in the outbox.
+pub(crate) enum Writer {
+    /// A TCP socket, also written directly by the room (see [`Outbox`]).
+    Tcp(Arc<OwnedWriteHalf>),
+    /// Any other upgraded transport, written only by this task.
+    Io(Box<dyn AsyncWrite + Send + Unpin>),
+}
+
+impl Writer {
+    async fn flush(&mut self, outbox: &Outbox) -> std::io::Result<()> {
+        match self {
+            Writer::Tcp(socket) => outbox.flush_direct(socket).await,
+            Writer::Io(io) => loop {
+                let chunks = outbox.take_queued();
+                if chunks.is_empty() {
+                    return io.flush().await;
                 }
-                reason = &mut close => {
-                    if let Ok(reason) = reason {
-                        let _ = sink.send(close_message(reason)).await;
-                    }
-                    return;
+                for chunk in chunks {
+                    io.write_all(&chunk).await?;
                 }
-                () = shutdown.cancelled() => {
-                    let _ = sink.send(close_message(CloseFrame {
-                        code: 1001,
-                        reason: "server shutting down".into(),
-                    })).await;
-                    return;
-                }
-            }
+            },
         }
-    };
-
-    let reader = async {
-        while let Some(msg) = stream.next().await {
-            let text: Bytes = match msg {
-                Ok(Message::Text(t)) => t.into(),
-                // Binary frames are read as UTF-8 text, like the Node adapter does.
-                Ok(Message::Binary(b)) => match std::str::from_utf8(&b) {
-                    Ok(_) => b,
-                    Err(_) => continue,
-                },
-                Ok(Message::Close(_)) | Err(_) => break,
-                Ok(_) => continue,
-            };
-            if !bucket.take() {
-                tracing::debug!(room = room.id(), conn, "message dropped: rate limit");
-                continue;
-            }
-            if room.message(conn, text).await.is_err() {
-                break;
-            }
-        }
-    };
-
-    tokio::select! {
-        () = writer => {}
-        () = reader => {}
     }
+}
+
+/// The read side of a connection, as tungstenite sees it: reads come from the socket, and
+/// what the protocol layer writes (pong and close replies) goes through the outbox, so it
+/// never interleaves with the room's frames.
+pub(crate) struct ReadIo<R> {
+    pub(crate) read: R,
+    pub(crate) outbox: Arc<Outbox>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadIo<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadIo<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.outbox.push_raw(Bytes::copy_from_slice(buf)) {
+            Poll::Ready(Ok(buf.len()))
+        } else {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What one connection task needs.
+pub(crate) struct Connection<R> {
+    pub(crate) ws: WebSocketStream<ReadIo<R>>,
+    pub(crate) writer: Writer,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) room: RoomHandle,
+    pub(crate) conn: ConnId,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) messages_per_second: u32,
+}
+
+/// Drive one connected client until either side closes or the server shuts down.
+pub(crate) async fn run<R: AsyncRead + Unpin>(c: Connection<R>) {
+    let Connection {
+        mut ws,
+        mut writer,
+        outbox,
+        room,
+        conn,
+        shutdown,
+        messages_per_second,
+    } = c;
+    let mut bucket = TokenBucket::new(messages_per_second);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = outbox.wake.notified() => {
+                if writer.flush(&outbox).await.is_err() || outbox.closed_and_flushed() {
+                    break;
+                }
+            }
+            () = &mut cancelled, if !shutting_down => {
+                shutting_down = true;
+                outbox.close(CloseFrame {
+                    code: 1001,
+                    reason: "server shutting down".into(),
+                });
+            }
+            msg = ws.next() => {
+                let text: Bytes = match msg {
+                    Some(Ok(Message::Text(t))) => t.into(),
+                    // Binary frames are read as UTF-8 text, like the Node adapter does.
+                    Some(Ok(Message::Binary(b))) => match std::str::from_utf8(&b) {
+                        Ok(_) => b,
+                        Err(_) => continue,
+                    },
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
+                };
+                if !bucket.take() {
+                    tracing::debug!(room = room.id(), conn, "message dropped: rate limit");
+                    continue;
+                }
+                if room.message(conn, text).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // The close frame (ours or the reply to the client's) goes out before the socket closes.
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer.flush(&outbox)).await;
+    outbox.shut();
     room.disconnect(conn).await;
 }
 
-async fn feed(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    frame: Bytes,
-) -> Result<(), axum::Error> {
-    match Utf8Bytes::try_from(frame) {
-        Ok(text) => sink.feed(Message::Text(text)).await,
-        // The room only produces JSON text; anything else is a bug, not worth a disconnect.
-        Err(_) => Ok(()),
-    }
-}
-
-pub(crate) fn close_message(frame: CloseFrame) -> Message {
-    let mut reason = frame.reason;
-    // A close reason is at most 123 bytes on the wire.
-    while reason.len() > 123 {
-        reason.pop();
-    }
-    Message::Close(Some(WsCloseFrame {
-        code: frame.code,
-        reason: Utf8Bytes::from(reason),
-    }))
+/// Send `frame` as the only thing on a connection that never joined a room, then end it.
+pub(crate) async fn refuse(mut writer: Writer, outbox: &Outbox, frame: CloseFrame) {
+    outbox.close(frame);
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer.flush(outbox)).await;
+    outbox.shut();
 }
 
 /// A token bucket: `rate` tokens per second, holding at most `2 * rate`.

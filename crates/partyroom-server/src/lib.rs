@@ -7,10 +7,14 @@
 //! - Malformed room URLs (bad `%` escapes, empty or oversize segments) get `400`; unknown
 //!   parties or room ids that match no room type get `404 {"error":"Not found"}`.
 //!
-//! Each connection runs in its own task; the room talks to it through a bounded queue
-//! (see [`partyroom_room::RoomConfig::outgoing_queue`]). Shutdown is passed in explicitly.
+//! Each connection runs in its own task, which reads the client's messages into the room.
+//! The room writes its frames straight to the socket when it can take them, and into a
+//! bounded queue that the connection's task drains when it cannot (see
+//! [`partyroom_room::RoomConfig::outgoing_queue`]). Shutdown is passed in explicitly.
 
 mod connection;
+mod handshake;
+mod outbox;
 pub mod path;
 mod server;
 

@@ -5,17 +5,26 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Request, State};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Request, State};
+use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
-use partyroom_room::{ConnectError, ConnectRequest, LookupError, RoomRequest, RoomResponse, Rooms};
-use tokio::net::TcpListener;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use partyroom_room::{
+    ConnectError, ConnectRequest, ConnectionSink, LookupError, RoomRequest, RoomResponse, Rooms,
+};
+use tokio::io::AsyncRead;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection;
+use crate::connection::{self, Connection, ReadIo, Writer};
+use crate::handshake::Handshake;
+use crate::outbox::Outbox;
 use crate::path::{PathError, RoomPath};
 
 /// Upgrade-request headers that only serve the handshake.
@@ -50,6 +59,9 @@ pub struct ServerConfig {
     /// refused with `401` unless it matches (compared in constant time); with no secret
     /// configured, every such request is refused.
     pub shard_secret: Option<String>,
+    /// How long a client may take to send an HTTP request's headers (on a new connection or
+    /// between keep-alive requests) before the connection is closed. Default 30 s.
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +73,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             max_messages_per_second: 100,
             shard_secret: None,
+            header_read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -139,25 +152,52 @@ impl Server {
 
     /// Serve until `shutdown` completes; then stop accepting, close every WebSocket with 1001
     /// and wait for the connection tasks to finish.
+    ///
+    /// Each accepted TCP connection is served by hyper (HTTP/1.1) in its own task; an
+    /// upgraded WebSocket continues in a task of its own, whose socket the room writes to
+    /// directly (see the `outbox` module).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        // Small frames must leave at once: Nagle's algorithm would hold them for up to 40 ms.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         let token = self.shared.shutdown.clone();
-        let router = self.router();
-        let signal = token.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                signal.cancel();
-            })
-            .await?;
+        let service = TowerToHyperService::new(self.router());
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.shared.config.header_read_timeout);
+        tokio::pin!(shutdown);
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        accept_error(e).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            // Small frames must leave at once: Nagle's algorithm would hold them for up to
+            // 40 ms.
+            let _ = tcp.set_nodelay(true);
+            let conn = http
+                .serve_connection(TokioIo::new(tcp), service.clone())
+                .with_upgrades();
+            let stop = token.clone();
+            self.shared.tasks.spawn(async move {
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    () = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+        drop(listener);
         token.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
@@ -165,6 +205,20 @@ impl Server {
         self.shared.rooms.shutdown().await;
         Ok(())
     }
+}
+
+/// An `accept` that failed: errors of one connection are skipped; others (out of file
+/// descriptors) are logged and retried after a pause, as axum's server does.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; retrying in 1 s");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 }
 
 async fn handle_party(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -232,13 +286,13 @@ async fn upgrade(
     if path.rest != "/" {
         return json_error(StatusCode::NOT_FOUND, "Not found");
     }
+    let (mut parts, _) = request.into_parts();
+    let handshake = match Handshake::check(&mut parts) {
+        Ok(h) => h,
+        Err(e) => return json_error(e.status(), &e.to_string()),
+    };
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Too many connections");
-    };
-    let (mut parts, _) = request.into_parts();
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
     };
     let query: Vec<(String, String)> = parts
         .uri
@@ -264,12 +318,14 @@ async fn upgrade(
             headers.append(k.clone(), v);
         }
     }
+    let outbox = Arc::new(Outbox::new(room.config().outgoing_queue_len()));
+    let sink: Arc<dyn ConnectionSink> = outbox.clone();
     // Guards run before the upgrade, so a refused client gets a plain HTTP error.
-    let (mut first, first_channels) = ConnectRequest::new(
+    let mut first = ConnectRequest::with_sink(
         session_id.clone(),
         query.clone(),
         headers.clone(),
-        room.config().outgoing_queue_len(),
+        sink.clone(),
     );
     let mut room = room;
     let mut admitted = false;
@@ -291,57 +347,98 @@ async fn upgrade(
     if !admitted {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Room unavailable");
     }
-    let config = &shared.config;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(shared.config.read_buffer_bytes)
+        .max_message_size(Some(shared.config.max_message_bytes))
+        .max_frame_size(Some(shared.config.max_message_bytes));
     let shared2 = shared.clone();
-    ws.read_buffer_size(config.read_buffer_bytes)
-        .max_message_size(config.max_message_bytes)
-        .max_frame_size(config.max_message_bytes)
-        .on_upgrade(move |mut socket| async move {
-            let _permit = permit;
-            let mut room = room;
-            let mut attempts = 0;
-            let mut prepared = Some((first, first_channels));
-            loop {
-                attempts += 1;
-                let (req, channels) = prepared.take().unwrap_or_else(|| {
-                    ConnectRequest::new(
-                        session_id.clone(),
-                        query.clone(),
-                        headers.clone(),
-                        room.config().outgoing_queue_len(),
-                    )
-                });
-                match room.connect(req).await {
-                    Ok(conn) => {
-                        let token = shared2.shutdown.clone();
-                        let limit = shared2.config.max_messages_per_second;
-                        // Its own task: the upgrade future (and what it captured) is freed now.
-                        shared2
-                            .tasks
-                            .spawn(connection::run(socket, room, conn, channels, token, limit));
-                        return;
-                    }
-                    // The instance unloaded itself meanwhile: connect to the new one.
-                    Err(ConnectError::RoomGone) if attempts < 3 => {
-                        match shared2.rooms.get(&path.party, &path.room) {
-                            Ok(fresh) => room = fresh,
-                            Err(_) => break,
-                        }
-                    }
-                    Err(refused) => {
-                        let _ = socket
-                            .send(connection::close_message(refused.close_frame()))
-                            .await;
-                        return;
+    let response = handshake.response();
+    let on_upgrade = handshake.on_upgrade;
+    // Its own task, tracked for graceful shutdown: the HTTP connection's task ends with the
+    // upgrade.
+    shared.tasks.spawn(async move {
+        let _permit = permit;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (ws, writer) = socket_parts(upgraded, &outbox, config).await;
+        let mut room = room;
+        let mut prepared = Some(first);
+        for attempt in 1..=3 {
+            let req = prepared.take().unwrap_or_else(|| {
+                ConnectRequest::with_sink(
+                    session_id.clone(),
+                    query.clone(),
+                    headers.clone(),
+                    sink.clone(),
+                )
+            });
+            match room.connect(req).await {
+                Ok(conn) => {
+                    connection::run(Connection {
+                        ws,
+                        writer,
+                        outbox,
+                        room,
+                        conn,
+                        shutdown: shared2.shutdown.clone(),
+                        messages_per_second: shared2.config.max_messages_per_second,
+                    })
+                    .await;
+                    return;
+                }
+                // The instance unloaded itself meanwhile: connect to the new one.
+                Err(ConnectError::RoomGone) if attempt < 3 => {
+                    match shared2.rooms.get(&path.party, &path.room) {
+                        Ok(fresh) => room = fresh,
+                        Err(_) => break,
                     }
                 }
+                Err(refused) => {
+                    connection::refuse(writer, &outbox, refused.close_frame()).await;
+                    return;
+                }
             }
-            let _ = socket
-                .send(connection::close_message(
-                    ConnectError::RoomGone.close_frame(),
-                ))
-                .await;
-        })
+        }
+        connection::refuse(writer, &outbox, ConnectError::RoomGone.close_frame()).await;
+    });
+    response
+}
+
+/// The upgraded connection as a WebSocket reader and a writer. A plain TCP stream (what
+/// [`Server::serve`] accepts) is split so that the room can write to it directly; any other
+/// transport (a router served by something else) is written by the connection task alone.
+async fn socket_parts(
+    upgraded: Upgraded,
+    outbox: &Arc<Outbox>,
+    config: WebSocketConfig,
+) -> (
+    WebSocketStream<ReadIo<Box<dyn AsyncRead + Send + Unpin>>>,
+    Writer,
+) {
+    let (read, writer, leftover): (Box<dyn AsyncRead + Send + Unpin>, Writer, Vec<u8>) =
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                let write = Arc::new(write);
+                outbox.attach(write.clone());
+                (Box::new(read), Writer::Tcp(write), parts.read_buf.to_vec())
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                (Box::new(read), Writer::Io(Box::new(write)), Vec::new())
+            }
+        };
+    let io = ReadIo {
+        read,
+        outbox: outbox.clone(),
+    };
+    let ws = if leftover.is_empty() {
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+    } else {
+        WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(config)).await
+    };
+    (ws, writer)
 }
 
 /// Whether `x-access-shard` carries the configured shard secret (constant-time comparison).

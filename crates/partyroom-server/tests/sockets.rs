@@ -342,3 +342,215 @@ async fn http_routes_bodies_and_cors() {
     assert_eq!((s, body.as_str()), (200, "{}"));
     assert!(head.contains("access-control-allow-methods: get, post, put, delete, patch, options"));
 }
+
+/// Send `request` on a fresh TCP connection and read until the server closes it or `until`
+/// is found; returns what was read.
+async fn raw_exchange(addr: SocketAddr, request: &[u8], until: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if !until.is_empty() && out.windows(until.len()).any(|w| w == until) {
+            return out;
+        }
+    }
+}
+
+fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n",
+        extra = extra
+    )
+}
+
+const GOOD_UPGRADE: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+#[tokio::test]
+async fn malformed_handshakes_get_http_errors() {
+    let (addr, _stop) = start().await;
+    let cases = [
+        (
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+            "400",
+            "Sec-WebSocket-Key",
+        ),
+        (
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\n",
+            "400",
+            "Sec-WebSocket-Version",
+        ),
+        (
+            "Connection: keep-alive\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\n",
+            "400",
+            "upgrade",
+        ),
+    ];
+    for (headers, status, mentions) in cases {
+        let req = upgrade_request(
+            "/parties/main/game-h1",
+            &format!("{headers}Connection: close\r\n"),
+        );
+        // (A second Connection header line is merged by hyper; `close` makes it end.)
+        let out = raw_exchange(addr, req.as_bytes(), b"").await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{headers:?} -> {text}"
+        );
+        assert!(text.contains(mentions), "{headers:?} -> {text}");
+    }
+    // An upgrade with a method other than GET.
+    let req = format!(
+        "POST /parties/main/game-h1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{GOOD_UPGRADE}\r\n"
+    );
+    let out = raw_exchange(addr, req.as_bytes(), b"\r\n\r\n").await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 405"));
+}
+
+#[tokio::test]
+async fn the_accept_key_follows_rfc_6455() {
+    let (addr, _stop) = start().await;
+    let req = upgrade_request("/parties/main/game-h2?id=k", GOOD_UPGRADE);
+    let out = raw_exchange(addr, req.as_bytes(), b"\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 101"), "{text}");
+    assert!(
+        text.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{text}"
+    );
+}
+
+/// A client frame masked with key `m` (clients must mask, RFC 6455 5.3).
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    let m = [1u8, 2, 3, 4];
+    assert!(payload.len() < 126);
+    let mut out = vec![0x81, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&m);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+    out
+}
+
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_is_not_lost() {
+    // The first action travels in the same TCP write as the upgrade request: hyper has read
+    // it already, and the server must hand those bytes to the WebSocket reader.
+    let (addr, _stop) = start().await;
+    let mut req = upgrade_request("/parties/main/game-h3?id=early", GOOD_UPGRADE).into_bytes();
+    req.extend(masked_text_frame(br#"{"action":"inc"}"#));
+    let out = raw_exchange(addr, &req, br#"{"count":1}"#).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains(r#"{"type":"sync","value":{"count":1}}"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn pings_are_answered_between_room_frames() {
+    let (addr, _stop) = start().await;
+    let mut a = ws(addr, "/parties/main/game-h4?id=p").await;
+    next_json(&mut a).await;
+    a.send(Message::Ping(b"hi".to_vec().into())).await.unwrap();
+    a.send(Message::text(r#"{"action":"inc"}"#)).await.unwrap();
+    let mut pong = false;
+    let mut synced = false;
+    while !(pong && synced) {
+        match tokio::time::timeout(Duration::from_secs(5), a.next()).await {
+            Ok(Some(Ok(Message::Pong(p)))) => {
+                assert_eq!(&p[..], b"hi");
+                pong = true;
+            }
+            Ok(Some(Ok(Message::Text(t)))) => {
+                assert_eq!(t.as_str(), r#"{"type":"sync","value":{"count":1}}"#);
+                synced = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_dropped() {
+    use partyroom_server::ServerConfig;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rooms = Rooms::builder().room::<Counter>("main").unwrap().build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServerConfig {
+        header_read_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    tokio::spawn(Server::with_config(rooms, config).serve(listener, std::future::pending()));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /parties/main/counter HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the server closes the connection after the header timeout"
+    );
+}
+
+/// Large patches, to fill socket buffers.
+#[derive(State, Default, Clone)]
+struct Blob {
+    n: i64,
+    blob: String,
+}
+
+impl Room for Blob {
+    fn config() -> RoomConfig {
+        RoomConfig::new("blob-{id}")
+    }
+    fn handlers(h: &mut Handlers<Self>) {
+        h.action("grow", |b: &mut Self, _cx, Json(n): Json<i64>| {
+            b.n = n;
+            b.blob = format!("{n}:{}", "x".repeat(60_000));
+        });
+    }
+}
+
+#[tokio::test]
+async fn frames_to_a_client_that_reads_late_arrive_whole_and_in_order() {
+    // 11 MB of patches for a client that does not read: the socket buffers fill, frames
+    // wait in the connection's queue (some written partly), and must come out whole and in
+    // order once the client reads.
+    let rooms = Rooms::builder().room::<Blob>("main").unwrap().build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Server::new(rooms).serve(listener, std::future::pending()));
+    let mut reader = ws(addr, "/parties/main/blob-1?id=r").await;
+    next_json(&mut reader).await;
+    let mut writer = ws(addr, "/parties/main/blob-1?id=w").await;
+    next_json(&mut writer).await;
+    let moves = 190; // under the rate limit's burst of 200
+    for n in 1..=moves {
+        writer
+            .send(Message::text(format!(r#"{{"action":"grow","value":{n}}}"#)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut last = 0;
+    while last < moves {
+        let v = next_json(&mut reader).await;
+        let n = v["value"]["n"].as_i64().expect("n in every patch");
+        assert!(n > last, "in order: {n} after {last}");
+        let blob = v["value"]["blob"].as_str().expect("blob in every patch");
+        assert_eq!(blob, format!("{n}:{}", "x".repeat(60_000)), "whole");
+        last = n;
+    }
+}
