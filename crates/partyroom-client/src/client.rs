@@ -1,7 +1,7 @@
 //! [`Client`]: the handle, and the background task that owns the socket.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -9,6 +9,7 @@ use partyroom_state::ClientMirror;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -36,29 +37,69 @@ pub enum Status {
 }
 
 /// One frame received from the server, as delivered to [`Subscription`]s and [`Client::on`]
-/// listeners. Cheap to clone (the frame is shared).
+/// listeners. Cheap to clone (the frame is shared). The frame's text is kept as received and
+/// parsed into a [`Value`] only when [`Event::value`] or [`Event::frame`] is first called.
 #[derive(Debug, Clone)]
 pub struct Event {
+    inner: Arc<EventInner>,
+}
+
+#[derive(Debug)]
+struct EventInner {
     kind: Option<String>,
-    frame: Arc<Value>,
+    text: Utf8Bytes,
+    frame: OnceLock<Value>,
 }
 
 impl Event {
+    fn new(kind: Option<String>, text: Utf8Bytes, parsed: Option<Value>) -> Self {
+        let frame = OnceLock::new();
+        if let Some(v) = parsed {
+            let _ = frame.set(v);
+        }
+        Self {
+            inner: Arc::new(EventInner { kind, text, frame }),
+        }
+    }
+
     /// The frame's `type` (`sync`, `user_disconnected`, a custom type...), when it is a string.
     pub fn kind(&self) -> Option<&str> {
-        self.kind.as_deref()
+        self.inner.kind.as_deref()
     }
 
     /// The frame's `value` (`Null` when absent): what the official client's `on(type, cb)`
     /// passes to `cb`.
     pub fn value(&self) -> &Value {
-        self.frame.get("value").unwrap_or(&Value::Null)
+        self.frame().get("value").unwrap_or(&Value::Null)
     }
 
     /// The whole frame.
     pub fn frame(&self) -> &Value {
-        &self.frame
+        self.inner
+            .frame
+            .get_or_init(|| serde_json::from_str(&self.inner.text).unwrap_or(Value::Null))
     }
+
+    /// The frame's JSON text, exactly as received.
+    pub fn text(&self) -> &str {
+        &self.inner.text
+    }
+}
+
+/// The parts of a frame the client itself needs, read without building a [`Value`].
+#[derive(serde::Deserialize)]
+struct FrameHead<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    value: Option<&'a RawValue>,
+}
+
+/// The `pId` of a sync packet's value, read without building a [`Value`].
+#[derive(serde::Deserialize)]
+struct PidOnly<'a> {
+    #[serde(rename = "pId", borrow, default)]
+    pid: Option<&'a RawValue>,
 }
 
 /// What the client knows of the room: the mirrored state, its public id, and how many times
@@ -183,7 +224,7 @@ impl Shared {
     fn dispatch(&self, event: Event) {
         let mut guard = self.subs();
         let Some(subs) = guard.as_mut() else { return };
-        if let Some(kind) = event.kind.as_deref()
+        if let Some(kind) = event.kind()
             && let Some(tx) = subs.by_kind.get(kind)
             && tx.send(event.clone()).is_err()
         {
@@ -635,7 +676,7 @@ impl Task {
                     return End::CloseRequested;
                 }
                 frame = stream.next() => match frame {
-                    Some(Ok(Message::Text(text))) => self.on_text(text.as_str(), &mut synced),
+                    Some(Ok(Message::Text(text))) => self.on_text(text, &mut synced),
                     Some(Ok(Message::Close(frame))) => {
                         // tungstenite answers the close; the server then ends the stream.
                         if let Some(f) = frame {
@@ -670,35 +711,52 @@ impl Task {
         }
     }
 
-    /// One text frame: JSON-parse (non-JSON is ignored), apply `sync` packets to the mirror,
-    /// then dispatch to subscribers.
-    fn on_text(&mut self, text: &str, synced: &mut bool) {
-        let Ok(frame) = serde_json::from_str::<Value>(text) else {
-            return;
+    /// One text frame: apply `sync` packets to the mirror, then dispatch to subscribers
+    /// (non-JSON text is ignored). Without a mirror the frame is
+    /// only scanned for its type and `pId`; subscribers parse it if they ask for its value.
+    fn on_text(&mut self, text: Utf8Bytes, synced: &mut bool) {
+        let head = match serde_json::from_str::<FrameHead<'_>>(&text) {
+            Ok(head) if text.trim_start().starts_with('{') => head,
+            // Valid JSON that is not an object (a room may broadcast any value): delivered
+            // with no type. Non-JSON is ignored.
+            _ => {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    self.shared.dispatch(Event::new(None, text, Some(v)));
+                }
+                return;
+            }
         };
-        let kind = frame.get("type").and_then(Value::as_str).map(str::to_owned);
+        let kind = head
+            .kind
+            .and_then(|k| serde_json::from_str::<String>(k.get()).ok());
+        let mut parsed = None;
         if kind.as_deref() == Some("sync")
-            && let Some(patch @ Value::Object(map)) = frame.get("value")
+            && let Some(raw) = head.value
+            && raw.get().starts_with('{')
         {
-            let pid = match map.get("pId") {
-                Some(pid @ Value::String(_)) => Some(pid),
-                _ => None,
-            };
+            let pid: Option<String> = serde_json::from_str::<PidOnly<'_>>(raw.get())
+                .ok()
+                .and_then(|p| p.pid)
+                .and_then(|p| serde_json::from_str::<String>(p.get()).ok());
             let has_pid = pid.is_some();
             // The first pId packet of a connection carries the full state: start afresh.
             let reset = has_pid && !*synced;
             if self.options.mirror {
-                self.view.send_modify(|v| {
-                    if reset {
-                        v.mirror = ClientMirror::new();
-                        v.syncs += 1;
-                    }
-                    v.mirror.apply(patch);
-                });
+                let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if let Some(patch) = frame.get("value") {
+                    self.view.send_modify(|v| {
+                        if reset {
+                            v.mirror = ClientMirror::new();
+                            v.syncs += 1;
+                        }
+                        v.mirror.apply(patch);
+                    });
+                }
+                parsed = Some(frame);
             } else if let Some(pid) = pid {
                 // No mirror: keep only the public id (and the connection count).
                 let mut only_pid = serde_json::Map::new();
-                only_pid.insert("pId".to_owned(), pid.clone());
+                only_pid.insert("pId".to_owned(), Value::String(pid));
                 let only_pid = Value::Object(only_pid);
                 self.view.send_modify(|v| {
                     if reset {
@@ -713,10 +771,7 @@ impl Task {
                 self.report_first(Ok(()));
             }
         }
-        self.shared.dispatch(Event {
-            kind,
-            frame: Arc::new(frame),
-        });
+        self.shared.dispatch(Event::new(kind, text, parsed));
     }
 }
 

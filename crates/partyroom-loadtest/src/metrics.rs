@@ -432,37 +432,9 @@ impl Sampler {
     }
 }
 
-/// Counts the bytes written to it.
-struct CountingWriter(usize);
-
-impl std::io::Write for CountingWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Length of the compact JSON text of `v` (what a server that sends compact JSON put on the
-/// wire for this frame), without allocating.
-pub fn json_len(v: &Value) -> usize {
-    let mut w = CountingWriter(0);
-    let _ = serde_json::to_writer(&mut w, v);
-    w.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_len_is_the_compact_text_length() {
-        let text = r#"{"type":"sync","value":{"players":{"AbCd1234":{"x":120.25,"y":80}}}}"#;
-        let v: Value = serde_json::from_str(text).unwrap();
-        assert_eq!(json_len(&v), text.len());
-    }
 
     #[test]
     fn percentiles_in_ms() {
