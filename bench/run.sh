@@ -20,6 +20,7 @@
 #   IDLE=10000 IDLE_ROOMS=100          idle clients and rooms
 #   IDLE_ORIGINAL=10000                idle clients for the original
 #   RECONNECT=500                      clients of the reconnect storm
+#   BATCHED_FAST=6000                  moves/s of the fast batched-sync scenario (partyroom only)
 #   SKIP_BUILD=1                       use the binaries already built (in $BIN, default target/release)
 #   NO_WRITE=1                         do not touch BENCHMARKS.md
 #   TABLE_ONLY=1                       no build and no runs: rebuild the table from the results
@@ -39,6 +40,7 @@ IDLE=${IDLE:-10000}
 IDLE_ROOMS=${IDLE_ROOMS:-100}
 IDLE_ORIGINAL=${IDLE_ORIGINAL:-10000}
 RECONNECT=${RECONNECT:-500}
+BATCHED_FAST=${BATCHED_FAST:-6000}
 OUT="$ROOT/target/bench-reference"
 BIN=${BIN:-$ROOT/target/release}
 
@@ -95,12 +97,14 @@ forget() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start_server partyroom|original LOGFILE: sets SERVER_PID and PORT.
+# start_server partyroom|original LOGFILE: sets SERVER_PID and PORT. Extra arguments for
+# partyroom's server come from the array SERVER_ARGS.
+SERVER_ARGS=()
 start_server() {
   local kind=$1 logfile=$2
   case "$kind" in
     partyroom)
-      RUST_LOG=warn "${PIN_SERVER[@]}" "$BIN/partyroom-arena" --port 0 --memory >"$logfile" 2>&1 &
+      RUST_LOG=warn "${PIN_SERVER[@]}" "$BIN/partyroom-arena" --port 0 --memory "${SERVER_ARGS[@]}" >"$logfile" 2>&1 &
       ;;
     original)
       "${PIN_SERVER[@]}" node "$ROOT/bench/reference/arena-server.mjs" --port 0 >"$logfile" 2>&1 &
@@ -199,10 +203,14 @@ for kind in partyroom original; do
   run "$kind" moves moves --clients "$MOVERS" --rate "$RATE" --seconds "$MOVE_SECONDS"
 done
 
-# (c) closed loop: saturation throughput with MOVERS moves in flight.
+# (c) closed loop: saturation throughput with MOVERS moves in flight, no per-client cap.
+# partyroom's per-client message limit (100/s by default, a protection the original does not
+# have) is lifted for this scenario only, so that both servers take every move they can.
+SERVER_ARGS=(--max-messages-per-second 1000000)
 for kind in partyroom original; do
-  run "$kind" throughput throughput --clients "$MOVERS" --seconds "$MOVE_SECONDS" --warmup 2
+  run "$kind" throughput throughput --clients "$MOVERS" --seconds "$MOVE_SECONDS" --warmup 2 --max-rate 0
 done
+SERVER_ARGS=()
 
 # (d) steady moves at the original's saturation load.
 SAT=$(field original-throughput 'r.results.saturation_moves_per_second')
@@ -211,6 +219,14 @@ SAT_RATE=$(node -e 'console.log(Math.max(0.1, +process.argv[1] / +process.argv[2
 for kind in partyroom original; do
   run "$kind" moves-at-saturation moves --clients "$MOVERS" --rate "$SAT_RATE" --seconds "$MOVE_SECONDS"
 done
+
+# (d2) batched sync, partyroom only: the arena with a 16 ms sync throttle (the mode Colyseus
+# uses, with its 16 ms patch rate), at MOVERS x RATE and at BATCHED_FAST moves/s.
+SERVER_ARGS=(--sync-throttle-ms 16)
+run partyroom batched-slow moves --clients "$MOVERS" --rate "$RATE" --seconds "$MOVE_SECONDS"
+BATCHED_RATE=$(node -e 'console.log((+process.argv[1] / +process.argv[2]).toFixed(3))' "$BATCHED_FAST" "$MOVERS")
+run partyroom batched-fast moves --clients "$MOVERS" --rate "$BATCHED_RATE" --seconds "$MOVE_SECONDS"
+SERVER_ARGS=()
 
 # (e) idle clients: server memory per connection.
 run partyroom idle idle --clients "$IDLE" --rooms "$IDLE_ROOMS" --seconds 5 --timeout 240
@@ -323,10 +339,20 @@ row(`reconnect storm, ${pr ? fmt(pr.params.clients, 0) : '?'} clients, 1 room`, 
 row('', 'reconnect p99 (ms)', 'reconnect', 'results.reconnect.p99_ms', 'low');
 row('', 'clients that kept their pId', 'reconnect', 'results.kept_pid', 'high');
 
+// Batched sync (partyroom only): server CPU against the targets.
+const batched = [];
+for (const [name, target] of [['batched-slow', 5], ['batched-fast', 10]]) {
+  const r = load(`partyroom-${name}`);
+  if (!r) continue;
+  const x = r.results, cpu = get(r, 'results.processes.server.cpu_percent_of_one_core');
+  const moves = (r.params.clients * r.params.rate);
+  batched.push(`| ${r.params.clients} clients × ${r.params.rate} moves/s (${fmt(moves, 0)} moves/s), ${r.params.seconds} s | **${fmt(cpu, 1)}** | ≤ ${target} | ${fmt(get(r, 'results.move_to_echo.p50_ms'))} / ${fmt(get(r, 'results.move_to_echo.p99_ms'))} | ${fmt(get(r, 'results.window.moves_acked_per_second'), 0)} | ${fmt(get(r, 'results.window.packets_per_second'), 0)} |`);
+}
+
 // Limits worth knowing, from the results themselves.
 const notes = [];
 for (const kind of ['partyroom', 'original']) {
-  for (const name of ['moves', 'throughput', 'moves-at-saturation', 'reconnect', 'joins', 'idle']) {
+  for (const name of ['moves', 'throughput', 'moves-at-saturation', 'batched-slow', 'batched-fast', 'reconnect', 'joins', 'idle']) {
     const r = load(`${kind}-${name}`);
     if (!r) continue;
     const lg = get(r, 'results.processes.load_generator.cpu_percent_of_one_core') ?? get(r, 'whole_run.load_generator.cpu_percent_of_one_core');
@@ -361,12 +387,20 @@ let nodeV = process.version;
 const md = [
   `Command: \`bash bench/run.sh\` (one run, ${fmt(+elapsed / 60, 1)} min). Date: ${date}. Machine: ${os.cpus().length} cores (${cpu}), ${fmt(os.totalmem() / 2 ** 30, 0)} GiB, Linux ${os.release()}; Node ${nodeV}; ${pinning}; loopback.`,
   '',
-  'Servers: partyroom\'s `partyroom-arena --memory` (release build, `RUST_LOG=warn`) and the original `@signe/room` 3.2.1 running the same arena room (`bench/reference/arena-server.mjs`, in-memory storage). Load: `partyroom-loadtest` (built on `partyroom-client`, without state mirror), one fresh server per scenario. Ratio = how many times better partyroom is (original ÷ partyroom for times, latencies, CPU and memory; partyroom ÷ original for throughput).',
+  'Servers: partyroom\'s `partyroom-arena --memory` (release build, `RUST_LOG=warn`) and the original `@signe/room` 3.2.1 running the same arena room (`bench/reference/arena-server.mjs`, in-memory storage). Load: `partyroom-loadtest` (built on `partyroom-client`, without state mirror), one fresh server per scenario. Ratio = how many times better partyroom is (original ÷ partyroom for times, latencies, CPU and memory; partyroom ÷ original for throughput). In the closed loop, clients send their next move as soon as the previous one echoed, with no per-client cap, and partyroom runs with `--max-messages-per-second 1000000` (its default limit of 100 messages per second and client is a protection the original does not have).',
   '',
   '| Scenario | Figure | partyroom | @signe/room | Ratio |',
   '|---|---|---|---|---|',
   ...rows,
   '',
+  ...(batched.length ? [
+    'Batched sync, partyroom only: the arena with `--sync-throttle-ms 16` (at most one patch per 16 ms, leading and trailing edge, the mode Colyseus uses with its 16 ms patch rate; the issue gives 13-16 % and 27 % of a core for Colyseus 0.18 at these loads, not measured by this script):',
+    '',
+    '| Load | server CPU (% of one core) | target | move-to-echo p50 / p99 (ms) | moves acknowledged/s | frames received/s |',
+    '|---|---|---|---|---|---|',
+    ...batched,
+    '',
+  ] : []),
   ...(notes.length ? ['Limits seen in this run:', '', ...notes.map((n) => `- ${n}`), ''] : []),
   'The load generator is one process on one core: where the notes above say it used most of its core, the server\'s figure is a lower bound (throughput) or an upper bound (times). (`partyroom-client` reads with a 4 KiB buffer; with tungstenite\'s default 128 KiB, zeroed before every read, the generator spent about 40 % of its CPU on that against the original.)',
   '',

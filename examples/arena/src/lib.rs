@@ -213,6 +213,8 @@ pub struct Options {
     /// Sync throttle (none by default: every change is sent at once, as `@signe/room` does);
     /// 16 ms batches changes per frame like Colyseus' patch rate.
     pub sync_throttle: Option<std::time::Duration>,
+    /// Messages each client may send per second (the server's default, 100, when `None`).
+    pub max_messages_per_second: Option<u32>,
 }
 
 impl Default for Options {
@@ -222,6 +224,7 @@ impl Default for Options {
             storage_throttle: None,
             idle_timeout: None,
             sync_throttle: None,
+            max_messages_per_second: None,
         }
     }
 }
@@ -248,7 +251,11 @@ pub fn rooms(options: &Options) -> Rooms {
 /// The demo server: the arena rooms plus the game page.
 pub fn server(options: &Options) -> Server {
     let page = || async { axum::response::Html(PAGE) };
-    Server::new(rooms(options)).merge(
+    let mut config = partyroom::server::ServerConfig::default();
+    if let Some(limit) = options.max_messages_per_second {
+        config.max_messages_per_second = limit;
+    }
+    Server::with_config(rooms(options), config).merge(
         axum::Router::new()
             .route("/", axum::routing::get(page))
             .route("/rooms/{id}", axum::routing::get(page)),

@@ -34,6 +34,10 @@ struct Args {
     /// change at once).
     #[arg(long)]
     sync_throttle_ms: Option<u64>,
+    /// Messages each client may send per second before the server drops them (bursts of
+    /// twice as many pass). Default 100.
+    #[arg(long)]
+    max_messages_per_second: Option<u32>,
 }
 
 #[tokio::main]
@@ -58,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         storage_throttle: args.storage_throttle_ms.map(Duration::from_millis),
         idle_timeout: args.idle_timeout_ms.map(Duration::from_millis),
         sync_throttle: args.sync_throttle_ms.map(Duration::from_millis),
+        max_messages_per_second: args.max_messages_per_second,
     };
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
