@@ -409,7 +409,8 @@ pub async fn moves(
     if matches!(pace, Pace::Rate(_)) {
         run.phase("draining", drain.as_secs().max(1));
     }
-    let (mut unacked, mut lost, mut refused, mut capped) = (0u64, 0u64, 0u64, 0u64);
+    let (mut unacked, mut lost, mut refused, mut capped, mut superseded) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let wait_for_tasks = async {
         while let Some(r) = set.join_next().await {
             if let Ok(o) = r {
@@ -417,6 +418,7 @@ pub async fn moves(
                 lost += o.lost;
                 refused += o.refused;
                 capped += o.capped;
+                superseded += o.superseded;
             }
         }
     };
@@ -435,6 +437,7 @@ pub async fn moves(
         "move_to_echo": percentiles(&latency),
         "window": window,
         "moves_never_acked": unacked + lost,
+        "moves_superseded": superseded,
         "moves_refused_by_client_queue": refused,
         "processes": procs,
     });
@@ -502,6 +505,9 @@ struct MoverOutcome {
     lost: u64,
     /// Moves the client's send queue refused.
     refused: u64,
+    /// Moves never echoed because a later move of the same client was echoed first (the
+    /// server merged them: a sync throttle sends only a window's last position).
+    superseded: u64,
     /// Closed loop: moves held back by the per-client rate cap.
     capped: u64,
 }
@@ -548,8 +554,12 @@ async fn open_loop(
                 if let Some(x) = echoed_x(ev.text(), &pid)
                     && let Some(k) = pending.iter().position(|(px, _)| *px == x)
                 {
-                    let (_, at) = pending.swap_remove(k);
+                    let (_, at) = pending.remove(k);
                     metrics.ack(at.elapsed());
+                    // Moves sent before it that never showed were merged into this one by
+                    // the server (a sync throttle sends a window's last position only).
+                    out.superseded += k as u64;
+                    pending.drain(..k);
                 }
             }
             at = tick.tick(), if sending => {

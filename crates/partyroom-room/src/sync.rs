@@ -46,11 +46,29 @@ impl SyncScheduler {
                 }
             },
             _ => {
-                // Leading edge: a quiet period ended.
+                // The window is over (or there was none): what waited goes first, then this
+                // patch, and a new window starts.
                 self.window_end = Some(now + self.throttle);
-                vec![patch]
+                match self.pending.take() {
+                    None => vec![patch],
+                    Some(mut pending) if can_merge(&pending, &patch) => {
+                        merge_patch(&mut pending, patch);
+                        vec![pending]
+                    }
+                    Some(pending) => vec![pending, patch],
+                }
             }
         }
+    }
+
+    /// Whether a throttle window is open at `now` (changes made now go out at its end).
+    pub(crate) fn window_open(&self, now: Instant) -> bool {
+        !self.throttle.is_zero() && self.window_end.is_some_and(|end| now < end)
+    }
+
+    /// The end of the current throttle window, if one is open.
+    pub(crate) fn window_end(&self) -> Option<Instant> {
+        self.window_end
     }
 
     /// When the trailing edge is due.
@@ -150,6 +168,31 @@ mod tests {
         assert_eq!(
             s.push(json!({"c":1}), t0 + Duration::from_millis(200)),
             vec![json!({"c":1})]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_patch_pushed_after_a_missed_deadline_follows_what_waited() {
+        // The room was busy past the end of the window: the waiting patch must not be
+        // overtaken by the new one.
+        let mut s = SyncScheduler::new(Duration::from_millis(50));
+        let t0 = Instant::now();
+        s.push(json!({"a":1}), t0);
+        assert!(s.push(json!({"a":2}), t0).is_empty());
+        assert!(s.window_open(t0));
+        let late = t0 + Duration::from_millis(60);
+        assert!(!s.window_open(late));
+        assert_eq!(s.push(json!({"b":3}), late), vec![json!({"a":2,"b":3})]);
+        assert_eq!(s.window_end(), Some(late + Duration::from_millis(50)));
+        // A patch that cannot be merged is sent after the waiting one.
+        assert!(
+            s.push(json!({"o":"$delete"}), late + Duration::from_millis(1))
+                .is_empty()
+        );
+        let later = late + Duration::from_millis(60);
+        assert_eq!(
+            s.push(json!({"o":{"x":1}}), later),
+            vec![json!({"o":"$delete"}), json!({"o":{"x":1}})]
         );
     }
 

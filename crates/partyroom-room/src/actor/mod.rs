@@ -281,7 +281,12 @@ impl<R: Room> RoomActor<R> {
                         budget -= 1;
                         if budget > 0 {
                             next = mailbox.try_recv().ok();
-                            if next.is_none() && self.unflushed && yields < MAX_BATCH_YIELDS {
+                            // With a sync throttle, patches are merged anyway: no yield.
+                            if next.is_none()
+                                && self.unflushed
+                                && yields < MAX_BATCH_YIELDS
+                                && self.config.throttle_sync.is_zero()
+                            {
                                 // Let the runtime poll the sockets: messages that have
                                 // already arrived join this batch. When idle, the first
                                 // yield finds nothing and costs a few µs; under load, each
@@ -292,7 +297,10 @@ impl<R: Room> RoomActor<R> {
                             }
                         }
                     }
-                    if self.unflushed {
+                    // Inside a sync throttle window the changes stay in the tracker until
+                    // the window ends (one flush per window instead of one per message);
+                    // otherwise they are flushed now.
+                    if self.unflushed && !self.sync.window_open(Instant::now()) {
                         self.flush_state();
                         self.drop_slow();
                     }
@@ -371,6 +379,7 @@ impl<R: Room> RoomActor<R> {
         };
         [
             self.sync.deadline(),
+            self.sync.window_end().filter(|_| self.unflushed),
             self.expiries.first().map(|(t, _)| *t),
             self.persist.deadline(),
             unload,
@@ -386,6 +395,10 @@ impl<R: Room> RoomActor<R> {
 
     fn on_timer(&mut self) {
         let now = Instant::now();
+        if self.unflushed && !self.sync.window_open(now) {
+            // The changes kept for the end of the throttle window (see `run`).
+            self.flush_state();
+        }
         if let Some(patch) = self.sync.fire(now) {
             self.send_patch(&patch);
         }
@@ -407,6 +420,7 @@ impl<R: Room> RoomActor<R> {
                     && Instant::now() >= since + after
                     && self.persist.is_idle()
                     && self.sync.deadline().is_none()
+                    && !self.unflushed
             }
             _ => false,
         }
