@@ -20,7 +20,7 @@
 #   IDLE=10000 IDLE_ROOMS=100          idle clients and rooms
 #   IDLE_ORIGINAL=10000                idle clients for the original
 #   RECONNECT=500                      clients of the reconnect storm
-#   BATCHED_FAST=6000                  moves/s of the fast batched-sync scenario (partyroom only)
+#   BATCHED_FAST=6000 BATCHED_RUNS=3 BATCHED_SECONDS=10   the batched-sync scenarios
 #   SKIP_BUILD=1                       use the binaries already built (in $BIN, default target/release)
 #   NO_WRITE=1                         do not touch BENCHMARKS.md
 #   TABLE_ONLY=1                       no build and no runs: rebuild the table from the results
@@ -41,6 +41,8 @@ IDLE_ROOMS=${IDLE_ROOMS:-100}
 IDLE_ORIGINAL=${IDLE_ORIGINAL:-10000}
 RECONNECT=${RECONNECT:-500}
 BATCHED_FAST=${BATCHED_FAST:-6000}
+BATCHED_RUNS=${BATCHED_RUNS:-3}
+BATCHED_SECONDS=${BATCHED_SECONDS:-10}
 OUT="$ROOT/target/bench-reference"
 BIN=${BIN:-$ROOT/target/release}
 
@@ -97,17 +99,18 @@ forget() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start_server partyroom|original LOGFILE: sets SERVER_PID and PORT. Extra arguments for
-# partyroom's server come from the array SERVER_ARGS.
+# start_server partyroom|original LOGFILE: sets SERVER_PID and PORT. Extra arguments: SYNC_ARGS
+# for both servers (a sync throttle), SERVER_ARGS for partyroom's only.
 SERVER_ARGS=()
+SYNC_ARGS=()
 start_server() {
   local kind=$1 logfile=$2
   case "$kind" in
     partyroom)
-      RUST_LOG=warn "${PIN_SERVER[@]}" "$BIN/partyroom-arena" --port 0 --memory "${SERVER_ARGS[@]}" >"$logfile" 2>&1 &
+      RUST_LOG=warn "${PIN_SERVER[@]}" "$BIN/partyroom-arena" --port 0 --memory "${SYNC_ARGS[@]}" "${SERVER_ARGS[@]}" >"$logfile" 2>&1 &
       ;;
     original)
-      "${PIN_SERVER[@]}" node "$ROOT/bench/reference/arena-server.mjs" --port 0 >"$logfile" 2>&1 &
+      "${PIN_SERVER[@]}" node "$ROOT/bench/reference/arena-server.mjs" --port 0 "${SYNC_ARGS[@]}" >"$logfile" 2>&1 &
       ;;
   esac
   SERVER_PID=$!
@@ -220,13 +223,19 @@ for kind in partyroom original; do
   run "$kind" moves-at-saturation moves --clients "$MOVERS" --rate "$SAT_RATE" --seconds "$MOVE_SECONDS"
 done
 
-# (d2) batched sync, partyroom only: the arena with a 16 ms sync throttle (the mode Colyseus
-# uses, with its 16 ms patch rate), at MOVERS x RATE and at BATCHED_FAST moves/s.
-SERVER_ARGS=(--sync-throttle-ms 16)
-run partyroom batched-slow moves --clients "$MOVERS" --rate "$RATE" --seconds "$MOVE_SECONDS"
+# (d2) batched sync: both servers with a 16 ms sync throttle (the original's `throttleSync`,
+# the mode Colyseus uses with its 16 ms patch rate), at MOVERS x RATE and at BATCHED_FAST
+# moves/s; BATCHED_RUNS runs of BATCHED_SECONDS each, alternating servers (the table shows
+# the median server CPU: this figure is the noisiest).
+SYNC_ARGS=(--sync-throttle-ms 16)
 BATCHED_RATE=$(node -e 'console.log((+process.argv[1] / +process.argv[2]).toFixed(3))' "$BATCHED_FAST" "$MOVERS")
-run partyroom batched-fast moves --clients "$MOVERS" --rate "$BATCHED_RATE" --seconds "$MOVE_SECONDS"
-SERVER_ARGS=()
+for i in $(seq "$BATCHED_RUNS"); do
+  for kind in partyroom original; do
+    run "$kind" "batched-slow-$i" moves --clients "$MOVERS" --rate "$RATE" --seconds "$BATCHED_SECONDS"
+    run "$kind" "batched-fast-$i" moves --clients "$MOVERS" --rate "$BATCHED_RATE" --seconds "$BATCHED_SECONDS"
+  done
+done
+SYNC_ARGS=()
 
 # (e) idle clients: server memory per connection.
 run partyroom idle idle --clients "$IDLE" --rooms "$IDLE_ROOMS" --seconds 5 --timeout 240
@@ -339,22 +348,42 @@ row(`reconnect storm, ${pr ? fmt(pr.params.clients, 0) : '?'} clients, 1 room`, 
 row('', 'reconnect p99 (ms)', 'reconnect', 'results.reconnect.p99_ms', 'low');
 row('', 'clients that kept their pId', 'reconnect', 'results.kept_pid', 'high');
 
-// Batched sync (partyroom only): server CPU against the targets.
+// Batched sync: median server CPU of the runs, against the targets.
 const batched = [];
+const median = (xs) => {
+  const v = xs.filter((x) => x != null).sort((a, b) => a - b);
+  return v.length ? v[Math.floor((v.length - 1) / 2)] : null;
+};
 for (const [name, target] of [['batched-slow', 5], ['batched-fast', 10]]) {
-  const r = load(`partyroom-${name}`);
-  if (!r) continue;
-  const x = r.results, cpu = get(r, 'results.processes.server.cpu_percent_of_one_core');
-  const moves = (r.params.clients * r.params.rate);
-  const echoed = get(r, 'results.window.moves_acked');
-  const merged = get(r, 'results.moves_superseded') ?? 0;
-  batched.push(`| ${r.params.clients} clients × ${r.params.rate} moves/s (${fmt(moves, 0)} moves/s), ${r.params.seconds} s | **${fmt(cpu, 1)}** | ≤ ${target} | ${fmt(get(r, 'results.window.moves_sent_per_second'), 0)} | ${fmt(echoed, 0)} / ${fmt(merged, 0)} | ${fmt(get(r, 'results.move_to_echo.p50_ms'))} / ${fmt(get(r, 'results.move_to_echo.p99_ms'))} | ${fmt(get(r, 'results.window.packets_per_second'), 0)} |`);
+  const runs = (kind) => {
+    const list = [];
+    for (let i = 1; ; i++) {
+      let r;
+      try { r = JSON.parse(fs.readFileSync(`${out}/${kind}-${name}-${i}.json`, 'utf8')); } catch { break; }
+      if (!r.error) list.push(r);
+    }
+    return list;
+  };
+  const p = runs('partyroom'), o = runs('original');
+  if (!p.length) continue;
+  const cpu = (rs) => rs.map((r) => get(r, 'results.processes.server.cpu_percent_of_one_core'));
+  const pc = median(cpu(p)), oc = median(cpu(o));
+  const first = p[0];
+  const moves = first.params.clients * first.params.rate;
+  const lat = (rs, k) => median(rs.map((r) => get(r, `results.move_to_echo.${k}`)));
+  const sent = (rs) => median(rs.map((r) => get(r, 'results.window.moves_sent_per_second')));
+  const echoed = (rs) => median(rs.map((r) => get(r, 'results.window.moves_acked_per_second')));
+  const range = (xs) => { const v = xs.filter((x) => x != null); return v.length > 1 ? ` (${fmt(Math.min(...v), 1)}–${fmt(Math.max(...v), 1)})` : ''; };
+  const ratio = pc && oc ? `${fmt(oc / pc, oc / pc >= 10 ? 0 : 1)}×` : 'n/a';
+  batched.push(`| ${first.params.clients} clients × ${first.params.rate} moves/s (${fmt(moves, 0)} moves/s), ${p.length} × ${first.params.seconds} s | server CPU (% of one core), median${p.length > 1 ? ' (range)' : ''} | **${fmt(pc, 1)}**${range(cpu(p))} | ${fmt(oc, 1)}${range(cpu(o))} | ${ratio} | ≤ ${target} |`);
+  batched.push(`|  | moves sent / echoed per second | ${fmt(sent(p), 0)} / ${fmt(echoed(p), 0)} | ${fmt(sent(o), 0)} / ${fmt(echoed(o), 0)} |  |  |`);
+  batched.push(`|  | move-to-echo p50 / p99 (ms) | ${fmt(lat(p, 'p50_ms'))} / ${fmt(lat(p, 'p99_ms'))} | ${fmt(lat(o, 'p50_ms'))} / ${fmt(lat(o, 'p99_ms'))} |  |  |`);
 }
 
 // Limits worth knowing, from the results themselves.
 const notes = [];
 for (const kind of ['partyroom', 'original']) {
-  for (const name of ['moves', 'throughput', 'moves-at-saturation', 'batched-slow', 'batched-fast', 'reconnect', 'joins', 'idle']) {
+  for (const name of ['moves', 'throughput', 'moves-at-saturation', 'batched-slow-1', 'batched-fast-1', 'reconnect', 'joins', 'idle']) {
     const r = load(`${kind}-${name}`);
     if (!r) continue;
     const lg = get(r, 'results.processes.load_generator.cpu_percent_of_one_core') ?? get(r, 'whole_run.load_generator.cpu_percent_of_one_core');
@@ -396,13 +425,13 @@ const md = [
   ...rows,
   '',
   ...(batched.length ? [
-    'Batched sync, partyroom only: the arena with `--sync-throttle-ms 16` (at most one patch per 16 ms, leading and trailing edge, the mode Colyseus uses with its 16 ms patch rate; the issue gives 13-16 % and 27 % of a core for Colyseus 0.18 at these loads, not measured by this script):',
+    'Batched sync: both servers with a 16 ms sync throttle (partyroom `--sync-throttle-ms 16`, the original\'s `throttleSync: 16`; at most one patch per 16 ms, leading and trailing edge: the mode Colyseus uses with its 16 ms patch rate, for which 13-16 % and 27 % of a core at these loads are reported for Colyseus 0.18 on this kind of machine; Colyseus is not run by this script). Runs alternate between the servers; the CPU figure is the median of the runs.',
     '',
-    '| Load | server CPU (% of one core) | target | moves sent/s | moves echoed / merged into a later one | move-to-echo p50 / p99 (ms) | frames received/s |',
-    '|---|---|---|---|---|---|---|',
+    '| Load | Figure | partyroom | @signe/room | Ratio | Target (partyroom) |',
+    '|---|---|---|---|---|---|',
     ...batched,
     '',
-    'A move is *merged* when its client saw a later move of its own echoed first: within one 16 ms window the server sends each player\'s last position only, so at 60 moves/s per client about half the positions are never sent (as with any patch-rate server). Latency is counted for echoed moves.',
+    'A move that is not echoed was merged into a later one of the same client: within one 16 ms window a server sends each player\'s last position only. Latency is counted for echoed moves.',
     '',
   ] : []),
   ...(notes.length ? ['Limits seen in this run:', '', ...notes.map((n) => `- ${n}`), ''] : []),

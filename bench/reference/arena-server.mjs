@@ -19,7 +19,7 @@
 //   - method decorators:   decorate([Action('move', schema)], Arena.prototype, 'move', 1);
 //   - class decorator:     Arena = decorate([Room({...})], Arena);
 //
-// Usage: node arena-server.mjs [--port <n>] [--host <addr>]
+// Usage: node arena-server.mjs [--port <n>] [--host <addr>] [--sync-throttle-ms <n>]
 //   --port 0 picks a free port. Once listening, prints exactly
 //   `partyroom listening on http://127.0.0.1:<port>` on stdout (the line our
 //   tools parse). Storage is the in-memory provider (`node:sqlite` needs
@@ -161,7 +161,11 @@ decorate([Action('move', z.object({ x: z.number(), y: z.number() }))], GameRoom.
 decorate([Action('collect', z.object({}))], GameRoom.prototype, 'collect', 1);
 decorate([Request({ path: '/state' })], GameRoom.prototype, 'getState', 1);
 decorate([Request({ path: '/reset', method: 'POST' })], GameRoom.prototype, 'reset', 1);
-GameRoom = decorate([Room({ path: '{roomId}', sessionExpiryTime: 2000, throttleStorage: 2500 })], GameRoom, undefined, 0);
+// `--sync-throttle-ms <n>` (benchmarks only) sets the room's `throttleSync`; the example has none.
+const opts = parseArgs(process.argv.slice(2));
+const roomOptions = { path: '{roomId}', sessionExpiryTime: 2000, throttleStorage: 2500 };
+if (opts.syncThrottleMs > 0) roomOptions.throttleSync = opts.syncThrottleMs;
+GameRoom = decorate([Room(roomOptions)], GameRoom, undefined, 0);
 
 class GameServer extends Server {
   constructor(...args) {
@@ -205,7 +209,7 @@ function colorFromName(name) {
 // ---------------------------------------------------------------------------
 
 function parseArgs(argv) {
-  const opts = { port: Number(process.env.PORT ?? 3000), host: '127.0.0.1' };
+  const opts = { port: Number(process.env.PORT ?? 3000), host: '127.0.0.1', syncThrottleMs: 0 };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = () => {
@@ -216,12 +220,13 @@ function parseArgs(argv) {
     if (arg === '--port') opts.port = Number(value());
     else if (arg.startsWith('--port=')) opts.port = Number(arg.slice(7));
     else if (arg === '--host') opts.host = value();
+    else if (arg === '--sync-throttle-ms') opts.syncThrottleMs = Number(value());
     else if (arg.startsWith('--host=')) opts.host = arg.slice(7);
     else if (arg === '--memory') {
       // Accepted for command-line compatibility with partyroom's arena binary;
       // storage is always in memory here.
     } else if (arg === '-h' || arg === '--help') {
-      process.stdout.write('usage: node arena-server.mjs [--port <n>] [--host <addr>]\n');
+      process.stdout.write('usage: node arena-server.mjs [--port <n>] [--host <addr>] [--sync-throttle-ms <n>]\n');
       process.exit(0);
     } else {
       throw new Error(`unknown argument: ${arg}`);
@@ -232,8 +237,6 @@ function parseArgs(argv) {
   }
   return opts;
 }
-
-const opts = parseArgs(process.argv.slice(2));
 
 // The game page shipped with the installed package's example.
 // ('@signe/room' resolves to <package>/dist/index.js; its exports map hides package.json.)
