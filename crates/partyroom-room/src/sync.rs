@@ -103,22 +103,40 @@ pub(crate) fn sync_packet(patch: &Value) -> Bytes {
 }
 
 /// The first packet of a connection: `{"type":"sync","value":{"pId":"<id>", ...snapshot}}`.
+#[cfg(test)]
 pub(crate) fn initial_packet(public_id: &str, snapshot: &Value) -> Bytes {
-    let mut out = Vec::with_capacity(256);
+    initial_packet_with(public_id, &InitialBody::new(snapshot))
+}
+
+/// The part of a first packet that does not depend on the receiver (the snapshot after
+/// `pId`), serialized once for every client that joins in the same batch.
+pub(crate) struct InitialBody(Vec<u8>);
+
+impl InitialBody {
+    pub(crate) fn new(snapshot: &Value) -> Self {
+        let mut out = Vec::with_capacity(256);
+        if let Value::Object(map) = snapshot {
+            for (k, v) in map {
+                if k == "pId" {
+                    continue; // `pId` is reserved for the public id (quirk Q8 fixed)
+                }
+                out.push(b',');
+                serde_json::to_writer(&mut out, k).expect("a string always serializes");
+                out.push(b':');
+                serde_json::to_writer(&mut out, v).expect("a JSON value always serializes");
+            }
+        }
+        out.extend_from_slice(b"}}");
+        Self(out)
+    }
+}
+
+/// A first packet for `public_id` around a serialized body.
+pub(crate) fn initial_packet_with(public_id: &str, body: &InitialBody) -> Bytes {
+    let mut out = Vec::with_capacity(40 + public_id.len() + body.0.len());
     out.extend_from_slice(br#"{"type":"sync","value":{"pId":"#);
     serde_json::to_writer(&mut out, public_id).expect("a string always serializes");
-    if let Value::Object(map) = snapshot {
-        for (k, v) in map {
-            if k == "pId" {
-                continue; // `pId` is reserved for the public id (quirk Q8 fixed)
-            }
-            out.push(b',');
-            serde_json::to_writer(&mut out, k).expect("a string always serializes");
-            out.push(b':');
-            serde_json::to_writer(&mut out, v).expect("a JSON value always serializes");
-        }
-    }
-    out.extend_from_slice(b"}}");
+    out.extend_from_slice(&body.0);
     Bytes::from(out)
 }
 

@@ -527,3 +527,35 @@ async fn batching_can_be_turned_off() {
         vec![json!({"n": 1}), json!({"n": 3}), json!({"n": 6})]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn joins_handled_together_share_one_patch_and_each_get_a_first_packet() {
+    let room = TestRoom::new::<Lobby>("lobby-joins");
+    let mut watcher = room.connect(Some("w")).await;
+    room.settle().await;
+    watcher.drain();
+    let (a, b, c) = tokio::join!(
+        room.connect(Some("a")),
+        room.connect(Some("b")),
+        room.connect(Some("c"))
+    );
+    room.settle().await;
+    let mut joined = [a, b, c];
+    for client in &mut joined {
+        let frames = client.drain();
+        // The first frame is the first packet (pId and the full state), whatever came after.
+        assert_eq!(frames[0]["type"], "sync");
+        assert_eq!(frames[0]["value"]["pId"], client.pid().unwrap());
+    }
+    let patches = sync_values(&watcher.drain());
+    assert!(
+        (1..=3).contains(&patches.len()),
+        "at most one patch per join: {patches:?}"
+    );
+    // Every client ends with the same state: four users, all online.
+    let expected = watcher.mirror().state().clone();
+    assert_eq!(expected["users"].as_object().unwrap().len(), 4);
+    for client in &joined {
+        assert_eq!(client.mirror().state(), &expected);
+    }
+}

@@ -203,6 +203,9 @@ async fn the_interceptor_sees_every_packet_with_the_connections_user() {
     let room = TestRoom::new::<RoomA>("room-a");
     let calls = calls_a(&room).await;
     let mut c = room.connect(None).await;
+    // (Without this, the join and the rename are handled in one batch and the first packet
+    // already carries the name: one call instead of two.)
+    room.settle().await;
     c.send("name", json!("Alice")).await;
     room.settle().await;
     c.drain();

@@ -111,10 +111,14 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(c: Connection<R>) {
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     let mut shutting_down = false;
+    // One waiter registration for the life of the connection, renewed only when it fires.
+    let woken = outbox.wake.notified();
+    tokio::pin!(woken);
     loop {
         tokio::select! {
             biased;
-            () = outbox.wake.notified() => {
+            () = &mut woken => {
+                woken.set(outbox.wake.notified());
                 if writer.flush(&outbox).await.is_err() || outbox.closed_and_flushed() {
                     break;
                 }

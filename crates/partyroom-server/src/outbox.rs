@@ -20,6 +20,9 @@ use partyroom_room::{CloseFrame, ConnectionSink, SinkStatus};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+/// Most queued frames written by one `writev` (each is two slices: header and payload).
+const WRITEV_FRAMES: usize = 32;
+
 /// WebSocket opcodes the server sends.
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
@@ -182,17 +185,35 @@ impl Outbox {
                 if st.dead {
                     return Err(io::ErrorKind::BrokenPipe.into());
                 }
-                while let Some(front) = st.queue.front() {
-                    match socket.try_write_vectored(&front.slices(st.written)) {
+                while !st.queue.is_empty() {
+                    // Several queued frames in one `writev`.
+                    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(WRITEV_FRAMES * 2);
+                    for (i, p) in st.queue.iter().take(WRITEV_FRAMES).enumerate() {
+                        let [a, b] = p.slices(if i == 0 { st.written } else { 0 });
+                        slices.push(a);
+                        if !b.is_empty() {
+                            slices.push(b);
+                        }
+                    }
+                    let result = socket.try_write_vectored(&slices);
+                    drop(slices);
+                    match result {
                         Ok(0) => {
                             st.dead = true;
                             return Err(io::ErrorKind::WriteZero.into());
                         }
-                        Ok(n) => {
-                            st.written += n;
-                            if st.written >= front.len() {
-                                st.queue.pop_front();
-                                st.written = 0;
+                        Ok(mut n) => {
+                            // Drop the frames written whole; remember how far into the next.
+                            while n > 0 {
+                                let left = st.queue[0].len() - st.written;
+                                if n >= left {
+                                    n -= left;
+                                    st.queue.pop_front();
+                                    st.written = 0;
+                                } else {
+                                    st.written += n;
+                                    n = 0;
+                                }
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -38,16 +38,37 @@ struct Args {
     /// twice as many pass). Default 100.
     #[arg(long)]
     max_messages_per_second: Option<u32>,
+    /// Runtime worker threads (default: the CPUs this process may run on). With 1, the
+    /// server runs on tokio's single-threaded runtime, which wakes up for less.
+    #[arg(long, env = "PARTYROOM_THREADS")]
+    threads: Option<usize>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let storage: Arc<dyn Storage> = if args.memory {
         Arc::new(MemoryStorage::new())
     } else {

@@ -23,7 +23,7 @@ use crate::http::{RoomRequest, RoomResponse};
 use crate::pattern::Params;
 use crate::registry::{RoomHandle, Rooms};
 use crate::room::Room;
-use crate::sync::{SyncScheduler, initial_packet, json_frame, sync_packet};
+use crate::sync::{InitialBody, SyncScheduler, initial_packet_with, json_frame, sync_packet};
 
 mod persist;
 mod sessions;
@@ -163,6 +163,10 @@ pub(crate) struct RoomActor<R: Room> {
     transfers: HashMap<String, Transfer>,
     /// Message handlers changed state that is not flushed yet (see `run`).
     unflushed: bool,
+    /// A batch of mailbox messages is being handled (see `run`).
+    in_batch: bool,
+    /// Clients that joined during the current batch and wait for their first packet.
+    batch_initial: Vec<ConnId>,
     /// Since when the room has had no connection (for unloading).
     idle_since: Option<Instant>,
 }
@@ -241,6 +245,8 @@ impl<R: Room> RoomActor<R> {
             pending_initial: Vec::new(),
             transfers: HashMap::new(),
             unflushed: false,
+            in_batch: false,
+            batch_initial: Vec::new(),
         }
     }
 
@@ -271,13 +277,22 @@ impl<R: Room> RoomActor<R> {
                             shutdown = Some(reply);
                             break;
                         }
-                        if self.unflushed && !matches!(msg, RoomMsg::Message(..)) {
-                            // Connects, requests and the rest see (and are ordered after)
-                            // the changes of the messages before them.
+                        let batchable = matches!(
+                            msg,
+                            RoomMsg::Message(..)
+                                | RoomMsg::Connect(..)
+                                | RoomMsg::Admit(..)
+                                | RoomMsg::Disconnect(..)
+                        );
+                        if self.unflushed && !batchable {
+                            // Requests and the rest see (and are ordered after) the changes
+                            // of the messages before them.
                             self.flush_state();
                             self.drop_slow();
                         }
+                        self.in_batch = true;
                         self.handle(msg);
+                        self.in_batch = false;
                         budget -= 1;
                         if budget > 0 {
                             next = mailbox.try_recv().ok();
@@ -300,7 +315,10 @@ impl<R: Room> RoomActor<R> {
                     // Inside a sync throttle window the changes stay in the tracker until
                     // the window ends (one flush per window instead of one per message);
                     // otherwise they are flushed now.
-                    if self.unflushed && !self.sync.window_open(Instant::now()) {
+                    if self.unflushed
+                        && (!self.sync.window_open(Instant::now())
+                            || !self.batch_initial.is_empty())
+                    {
                         self.flush_state();
                         self.drop_slow();
                     }
@@ -558,15 +576,22 @@ impl<R: Room> RoomActor<R> {
                 tracing::error!(room = %self.id, "on_join panicked");
             }
         }
-        // Others see the join as one coalesced patch; the new client is not listed yet and
-        // gets the full snapshot instead.
-        self.flush_state();
+        // Others see the join as one coalesced patch (with the other joins of the same batch);
+        // the new client gets the full snapshot. When the patch is flushed now, the new client
+        // is not listed yet; when it is flushed at the end of the batch, the new client gets
+        // it too, which changes nothing for it.
+        self.flush_or_defer();
         let conn = Conn { info, out };
         self.conns.insert(conn_id, conn);
-        if self.auto_sync {
-            self.send_initial(conn_id);
-        } else {
+        if !self.auto_sync {
             self.pending_initial.push(conn_id);
+        } else if self.in_batch && self.effects.is_empty() {
+            // Sent when the batch is flushed, with the other joins of the batch: one snapshot
+            // serialized once instead of one per join (see `flush_state`).
+            self.batch_initial.push(conn_id);
+            self.unflushed = true;
+        } else {
+            self.send_initial(conn_id);
         }
         self.after_handler();
         Ok(conn_id)
@@ -574,25 +599,39 @@ impl<R: Room> RoomActor<R> {
 
     /// The first packet of a connection: its public id and the full synced state.
     fn send_initial(&mut self, conn_id: ConnId) {
-        let Some(conn) = self.conns.get(&conn_id) else {
+        self.send_initials(vec![conn_id]);
+    }
+
+    /// First packets for `conns`: the snapshot is taken and serialized once for all of them;
+    /// only the `pId` differs.
+    fn send_initials(&mut self, conns: Vec<ConnId>) {
+        let conns: Vec<ConnId> = conns
+            .into_iter()
+            .filter(|c| self.conns.contains_key(c))
+            .collect();
+        if conns.is_empty() {
             return;
-        };
+        }
         let snapshot = self.tracker.sync_snapshot();
-        let frame = initial_packet(&conn.info.public_id, &snapshot);
-        let envelope = self
-            .handlers
-            .interceptor
-            .as_ref()
-            .map(|_| json!({"type": "sync", "value": {"pId": conn.info.public_id}}))
-            .map(|mut env| {
-                if let (Value::Object(v), Value::Object(snap)) = (&mut env["value"], snapshot) {
+        let body = InitialBody::new(&snapshot);
+        for conn_id in conns {
+            let Some(conn) = self.conns.get(&conn_id) else {
+                continue;
+            };
+            let public_id = conn.info.public_id.clone();
+            let frame = initial_packet_with(&public_id, &body);
+            let envelope = self.handlers.interceptor.as_ref().map(|_| {
+                let mut value = serde_json::Map::new();
+                value.insert("pId".into(), Value::String(public_id));
+                if let Value::Object(snap) = &snapshot {
                     for (k, val) in snap {
-                        v.entry(k).or_insert(val);
+                        value.entry(k.clone()).or_insert_with(|| val.clone());
                     }
                 }
-                env
+                json!({"type": "sync", "value": value})
             });
-        self.deliver(Some(conn_id), envelope.as_ref(), frame);
+            self.deliver(Some(conn_id), envelope.as_ref(), frame);
+        }
     }
 
     fn on_disconnect(&mut self, conn_id: ConnId) {
@@ -600,6 +639,7 @@ impl<R: Room> RoomActor<R> {
             return;
         };
         self.pending_initial.retain(|c| *c != conn_id);
+        self.batch_initial.retain(|c| *c != conn_id);
         if R::USERS_FIELD.is_none() {
             return;
         }
@@ -636,8 +676,11 @@ impl<R: Room> RoomActor<R> {
                 tracing::error!(room = %self.id, "on_leave panicked");
             }
         }
-        self.flush_state();
-        if !has_flag {
+        if has_flag {
+            self.flush_or_defer();
+        } else {
+            // The message follows the changes made before it.
+            self.flush_state();
             let packet = json!({"type":"user_disconnected","value":{"publicId": info.public_id}});
             self.deliver(None, Some(&packet), json_frame(&packet));
         }
@@ -787,18 +830,24 @@ impl<R: Room> RoomActor<R> {
 
     // ----- actions ------------------------------------------------------------------------
 
+    /// Flush now, or leave the changes for the end of the batch of mailbox messages being
+    /// handled (see `run`) when nothing but state changes was asked for.
+    fn flush_or_defer(&mut self) {
+        if self.in_batch && self.effects.is_empty() {
+            self.unflushed = true;
+        } else {
+            self.flush_state();
+        }
+    }
+
     fn on_message(&mut self, conn_id: ConnId, text: &[u8]) {
         if let Err(rejection) = self.run_action(conn_id, text) {
             tracing::debug!(room = %self.id, conn = conn_id, %rejection, "message dropped");
         }
-        if self.effects.is_empty() {
-            // Flushed after the batch of waiting messages (see `run`).
-            self.unflushed = true;
-        } else {
-            // Messages and sync switches must follow the changes made before them.
-            self.flush_state();
-            self.after_handler();
-        }
+        // Messages and sync switches must follow the changes made before them: with any,
+        // this flushes now.
+        self.flush_or_defer();
+        self.after_handler();
     }
 
     fn run_action(&mut self, conn_id: ConnId, text: &[u8]) -> Result<(), Rejection> {
@@ -920,18 +969,26 @@ impl<R: Room> RoomActor<R> {
         let flush = self.tracker.flush();
         self.persist
             .rows_changed(flush.persist.rows(), self.config.throttle_storage);
-        let Some(patch) = flush.sync else { return };
-        if !self.auto_sync {
-            match self.manual_pending.last_mut() {
-                Some(last) if partyroom_state::patch::can_merge(last, &patch) => {
-                    partyroom_state::patch::merge_patch(last, patch);
+        if let Some(patch) = flush.sync {
+            if self.auto_sync {
+                // Clients that joined in this batch get the snapshot below instead.
+                let joined = std::mem::take(&mut self.batch_initial);
+                for ready in self.sync.push(patch, Instant::now()) {
+                    self.send_patch_except(&ready, &joined);
                 }
-                _ => self.manual_pending.push(patch),
+                self.batch_initial = joined;
+            } else {
+                match self.manual_pending.last_mut() {
+                    Some(last) if partyroom_state::patch::can_merge(last, &patch) => {
+                        partyroom_state::patch::merge_patch(last, patch);
+                    }
+                    _ => self.manual_pending.push(patch),
+                }
             }
-            return;
         }
-        for ready in self.sync.push(patch, Instant::now()) {
-            self.send_patch(&ready);
+        if !self.batch_initial.is_empty() {
+            let joined = std::mem::take(&mut self.batch_initial);
+            self.send_initials(joined);
         }
     }
 
@@ -985,9 +1042,7 @@ impl<R: Room> RoomActor<R> {
                 self.send_patch_except(patch, &skip);
             }
         }
-        for conn in waiting {
-            self.send_initial(conn);
-        }
+        self.send_initials(waiting);
     }
 
     fn send_patch(&mut self, patch: &Value) {
