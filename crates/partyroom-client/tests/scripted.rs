@@ -101,6 +101,11 @@ async fn frames_reset_and_order() {
     let e = custom.recv().await.unwrap();
     assert_eq!(e.kind(), Some("custom"));
     assert_eq!(e.value(), &json!(5));
+    assert_eq!(
+        e.text(),
+        r#"{"type":"custom","value":5}"#,
+        "the text as received"
+    );
     let mut kinds = Vec::new();
     for _ in 0..7 {
         let e = tokio::time::timeout(WAIT, all.recv())
