@@ -95,6 +95,21 @@ struct FrameHead<'a> {
     value: Option<&'a RawValue>,
 }
 
+/// `{"type":"<kind>","value":<value>}` as servers write it (compact, `type` first, a kind
+/// without escapes): the kind and the value's text, without scanning the value.
+fn packet_head(text: &str) -> Option<(&str, &str)> {
+    let rest = text.strip_prefix("{\"type\":\"")?;
+    let end = rest.find('"')?;
+    let kind = &rest[..end];
+    if kind.contains('\\') {
+        return None;
+    }
+    let value = rest[end + 1..]
+        .strip_prefix(",\"value\":")?
+        .strip_suffix('}')?;
+    Some((kind, value))
+}
+
 /// The `pId` of a sync packet's value, read without building a [`Value`].
 #[derive(serde::Deserialize)]
 struct PidOnly<'a> {
@@ -715,27 +730,41 @@ impl Task {
     /// (non-JSON text is ignored). Without a mirror the frame is
     /// only scanned for its type and `pId`; subscribers parse it if they ask for its value.
     fn on_text(&mut self, text: Utf8Bytes, synced: &mut bool) {
-        let head = match serde_json::from_str::<FrameHead<'_>>(&text) {
-            Ok(head) if text.trim_start().starts_with('{') => head,
-            // Valid JSON that is not an object (a room may broadcast any value): delivered
-            // with no type. Non-JSON is ignored.
-            _ => {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    self.shared.dispatch(Event::new(None, text, Some(v)));
-                }
-                return;
-            }
+        // Without a mirror, a frame shaped as servers write it is not scanned at all (it is
+        // parsed, and so validated, when a subscriber reads its value).
+        let fast = if self.options.mirror {
+            None
+        } else {
+            packet_head(&text)
         };
-        let kind = head
-            .kind
-            .and_then(|k| serde_json::from_str::<String>(k.get()).ok());
+        let (kind, raw_value): (Option<String>, Option<&str>) = match fast {
+            Some((kind, value)) => (Some(kind.to_owned()), Some(value)),
+            None => match serde_json::from_str::<FrameHead<'_>>(&text) {
+                Ok(head) if text.trim_start().starts_with('{') => (
+                    head.kind
+                        .and_then(|k| serde_json::from_str::<String>(k.get()).ok()),
+                    head.value.map(RawValue::get),
+                ),
+                // Valid JSON that is not an object (a room may broadcast any value):
+                // delivered with no type. Non-JSON is ignored.
+                _ => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                        self.shared.dispatch(Event::new(None, text, Some(v)));
+                    }
+                    return;
+                }
+            },
+        };
         let mut parsed = None;
         if kind.as_deref() == Some("sync")
-            && let Some(raw) = head.value
-            && raw.get().starts_with('{')
+            && let Some(raw) = raw_value
+            && raw.starts_with('{')
         {
-            let pid: Option<String> = serde_json::from_str::<PidOnly<'_>>(raw.get())
-                .ok()
+            // Most packets have no `pId`: look for the key before parsing for it.
+            let pid: Option<String> = raw
+                .contains("\"pId\"")
+                .then(|| serde_json::from_str::<PidOnly<'_>>(raw).ok())
+                .flatten()
                 .and_then(|p| p.pid)
                 .and_then(|p| serde_json::from_str::<String>(p.get()).ok());
             let has_pid = pid.is_some();
@@ -838,5 +867,28 @@ mod tests {
         assert_send_sync::<Listener>();
         assert_send_sync::<Event>();
         assert_send_sync::<StateView>();
+    }
+
+    #[test]
+    fn packet_heads_are_read_without_scanning_the_value() {
+        assert_eq!(
+            packet_head(r#"{"type":"sync","value":{"a":{"b":1}}}"#),
+            Some(("sync", r#"{"a":{"b":1}}"#))
+        );
+        assert_eq!(
+            packet_head(r#"{"type":"custom","value":5}"#),
+            Some(("custom", "5"))
+        );
+        // Anything else takes the parsing path.
+        for other in [
+            r#"{"value":5,"type":"custom"}"#,
+            r#"{ "type":"sync","value":{}}"#,
+            r#"{"type":"a\"b","value":1}"#,
+            r#"{"type":"sync"}"#,
+            "[1,2]",
+            "not json",
+        ] {
+            assert_eq!(packet_head(other), None, "{other}");
+        }
     }
 }

@@ -2,7 +2,6 @@
 //! [`ClientOptions::mirror`]); every frame it receives is counted, and move echoes are matched
 //! by their unique `x`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +11,6 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use partyroom_client::{Client, ClientOptions, Protocol, ReconnectPolicy, Status, Subscription};
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -209,26 +207,23 @@ pub fn move_position(seq: u64) -> (f64, f64) {
 }
 
 /// The `x` of player `pid` in a frame (`{"value":{"players":{<pid>:{"x":..}}}}`), if the
-/// frame carries it. Read from the frame's text without building a `Value`: with thousands
-/// of frames per second, the load generator must stay cheaper than the server it measures.
+/// frame carries it. Read from the frame's text without building a `Value`, and without
+/// scanning all of it: with hundreds of thousands of frames per second, the load generator
+/// must stay cheaper than the server it measures. The key `"<pid>":` is searched after
+/// `"players":` (public ids are random 8-character strings, found nowhere else in a packet),
+/// and only the object that follows it is parsed.
 fn echoed_x(frame: &str, pid: &str) -> Option<f64> {
-    #[derive(serde::Deserialize)]
-    struct Frame<'a> {
-        #[serde(borrow)]
-        value: Option<Patch<'a>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Patch<'a> {
-        #[serde(borrow)]
-        players: Option<HashMap<&'a str, &'a RawValue>>,
-    }
     #[derive(serde::Deserialize)]
     struct Player {
         x: Option<f64>,
     }
-    let frame: Frame<'_> = serde_json::from_str(frame).ok()?;
-    let player = *frame.value?.players?.get(pid)?;
-    serde_json::from_str::<Player>(player.get()).ok()?.x
+    let players = frame.find("\"players\":")?;
+    let rest = &frame[players..];
+    let key = format!("\"{pid}\":");
+    let at = rest.find(&key)? + key.len();
+    let mut de = serde_json::Deserializer::from_str(&rest[at..]);
+    let player = <Player as serde::Deserialize>::deserialize(&mut de).ok()?;
+    player.x
 }
 
 /// Scenario `joins`: `clients` clients join one room at the same moment.
