@@ -447,49 +447,49 @@ async fn guards_run_in_order_and_the_fallback_catches_unknown_actions() {
     assert_eq!(ACTION_GUARD.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn batched_messages_become_one_patch() {
-    #[derive(State, Default, Clone)]
-    struct Counter {
-        n: i64,
-        log: Vec<i64>,
+/// A counter whose `note` action also broadcasts a message.
+#[derive(State, Default, Clone)]
+struct Counter {
+    n: i64,
+    log: Vec<i64>,
+}
+
+impl Room for Counter {
+    fn config() -> RoomConfig {
+        RoomConfig::new("batched-{id}")
     }
-    fn handlers(h: &mut Handlers<Counter>) {
-        h.action("add", |r: &mut Counter, _cx, Json(v): Json<i64>| {
-            r.n += v;
-        })
-        .action("note", |r: &mut Counter, cx, Json(v): Json<i64>| {
-            r.log.push(v);
-            cx.broadcast(&json!({"noted": v}));
-        });
+    fn handlers(h: &mut Handlers<Self>) {
+        h.action("add", |r: &mut Self, _cx, Json(v): Json<i64>| r.n += v)
+            .action("note", |r: &mut Self, cx, Json(v): Json<i64>| {
+                r.log.push(v);
+                cx.broadcast(&json!({"noted": v}));
+            });
     }
-    impl Room for Counter {
-        fn config() -> RoomConfig {
-            RoomConfig::new("batched")
-        }
-        fn handlers(h: &mut Handlers<Self>) {
-            handlers(h);
-        }
-    }
-    let room = TestRoom::new::<Counter>("batched");
+}
+
+/// A client with its first packet read, then `actions` sent at once (waiting together in the
+/// room's mailbox); returns the frames it got for them.
+async fn frames_for_burst(room: &TestRoom, actions: &[(&str, i64)]) -> Vec<Value> {
     let mut c = room.connect(None).await;
     room.settle().await;
     c.drain();
-
-    // Three messages waiting together: handled in order, flushed once.
-    for v in [1, 2, 3] {
-        c.send("add", json!(v)).await;
+    for (action, v) in actions {
+        c.send(action, json!(v)).await;
     }
     room.settle().await;
-    assert_eq!(sync_values(&c.drain()), vec![json!({"n": 6})]);
+    c.drain()
+}
+
+#[tokio::test(start_paused = true)]
+async fn batched_messages_become_one_patch() {
+    let room = TestRoom::new::<Counter>("batched-1");
+    // Three messages waiting together: handled in order, flushed once.
+    let frames = frames_for_burst(&room, &[("add", 1), ("add", 2), ("add", 3)]).await;
+    assert_eq!(sync_values(&frames), vec![json!({"n": 6})]);
 
     // A handler that sends a message flushes the changes made before it first, so the
     // message never overtakes the state it follows.
-    c.send("add", json!(10)).await;
-    c.send("note", json!(7)).await;
-    c.send("add", json!(100)).await;
-    room.settle().await;
-    let frames = c.drain();
+    let frames = frames_for_burst(&room, &[("add", 10), ("note", 7), ("add", 100)]).await;
     assert_eq!(
         frames,
         vec![
@@ -502,28 +502,14 @@ async fn batched_messages_become_one_patch() {
 
 #[tokio::test(start_paused = true)]
 async fn batching_can_be_turned_off() {
-    #[derive(State, Default, Clone)]
-    struct One {
-        n: i64,
-    }
-    impl Room for One {
-        fn config() -> RoomConfig {
-            RoomConfig::new("one").batch_messages(1)
-        }
-        fn handlers(h: &mut Handlers<Self>) {
-            h.action("add", |r: &mut Self, _cx, Json(v): Json<i64>| r.n += v);
-        }
-    }
-    let room = TestRoom::new::<One>("one");
-    let mut c = room.connect(None).await;
-    room.settle().await;
-    c.drain();
-    for v in [1, 2, 3] {
-        c.send("add", json!(v)).await;
-    }
-    room.settle().await;
+    let rooms = partyroom_room::Rooms::builder()
+        .room_with::<Counter>("main", RoomConfig::new("one").batch_messages(1))
+        .unwrap()
+        .build();
+    let room = TestRoom::from_rooms(rooms, "main", "one");
+    let frames = frames_for_burst(&room, &[("add", 1), ("add", 2), ("add", 3)]).await;
     assert_eq!(
-        sync_values(&c.drain()),
+        sync_values(&frames),
         vec![json!({"n": 1}), json!({"n": 3}), json!({"n": 6})]
     );
 }
