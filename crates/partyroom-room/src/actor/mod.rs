@@ -264,64 +264,7 @@ impl<R: Room> RoomActor<R> {
             tokio::select! {
                 msg = mailbox.recv(), if shutdown.is_none() => {
                     let Some(msg) = msg else { break };
-                    // Messages already waiting are handled before the changes are flushed
-                    // (opportunistic batching: a burst becomes one patch, a quiet room
-                    // still flushes after each message).
-                    let mut next = Some(msg);
-                    let mut budget = self.config.batch_messages;
-                    let mut yields = 0;
-                    while let Some(msg) = next.take() {
-                        if let RoomMsg::Shutdown(reply) = msg {
-                            self.flush_state();
-                            self.persist.due_now();
-                            shutdown = Some(reply);
-                            break;
-                        }
-                        let batchable = matches!(
-                            msg,
-                            RoomMsg::Message(..)
-                                | RoomMsg::Connect(..)
-                                | RoomMsg::Admit(..)
-                                | RoomMsg::Disconnect(..)
-                        );
-                        if self.unflushed && !batchable {
-                            // Requests and the rest see (and are ordered after) the changes
-                            // of the messages before them.
-                            self.flush_state();
-                            self.drop_slow();
-                        }
-                        self.in_batch = true;
-                        self.handle(msg);
-                        self.in_batch = false;
-                        budget -= 1;
-                        if budget > 0 {
-                            next = mailbox.try_recv().ok();
-                            // With a sync throttle, patches are merged anyway: no yield.
-                            if next.is_none()
-                                && self.unflushed
-                                && yields < MAX_BATCH_YIELDS
-                                && self.config.throttle_sync.is_zero()
-                            {
-                                // Let the runtime poll the sockets: messages that have
-                                // already arrived join this batch. When idle, the first
-                                // yield finds nothing and costs a few µs; under load, each
-                                // one that finds more allows another.
-                                tokio::task::yield_now().await;
-                                next = mailbox.try_recv().ok();
-                                yields = if next.is_some() { yields + 1 } else { MAX_BATCH_YIELDS };
-                            }
-                        }
-                    }
-                    // Inside a sync throttle window the changes stay in the tracker until
-                    // the window ends (one flush per window instead of one per message);
-                    // otherwise they are flushed now.
-                    if self.unflushed
-                        && (!self.sync.window_open(Instant::now())
-                            || !self.batch_initial.is_empty())
-                    {
-                        self.flush_state();
-                        self.drop_slow();
-                    }
+                    shutdown = self.handle_batch(msg, &mut mailbox).await;
                 }
                 done = self.persist.written() => self.on_written(done),
                 () = sleep_until(deadline) => self.on_timer(),
@@ -348,6 +291,75 @@ impl<R: Room> RoomActor<R> {
         for (_, mut conn) in self.conns.drain(..) {
             conn.close(CloseFrame::going_away());
         }
+    }
+
+    /// Handle `first` and the messages already waiting behind it before flushing
+    /// (opportunistic batching: a burst becomes one patch, a quiet room still flushes after
+    /// each message). Returns the reply of a shutdown request met on the way.
+    async fn handle_batch(
+        &mut self,
+        first: RoomMsg,
+        mailbox: &mut mpsc::Receiver<RoomMsg>,
+    ) -> Option<oneshot::Sender<()>> {
+        let mut shutdown = None;
+        let mut next = Some(first);
+        let mut budget = self.config.batch_messages;
+        let mut yields = 0;
+        self.in_batch = true;
+        while let Some(msg) = next.take() {
+            if let RoomMsg::Shutdown(reply) = msg {
+                self.flush_state();
+                self.persist.due_now();
+                shutdown = Some(reply);
+                break;
+            }
+            let batchable = matches!(
+                msg,
+                RoomMsg::Message(..)
+                    | RoomMsg::Connect(..)
+                    | RoomMsg::Admit(..)
+                    | RoomMsg::Disconnect(..)
+            );
+            if self.unflushed && !batchable {
+                // Requests and the rest see (and are ordered after) the changes of the
+                // messages before them.
+                self.flush_state();
+            }
+            self.handle(msg);
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+            next = mailbox.try_recv().ok();
+            // With a sync throttle, patches are merged anyway: no yield.
+            if next.is_none()
+                && self.unflushed
+                && yields < MAX_BATCH_YIELDS
+                && self.config.throttle_sync.is_zero()
+            {
+                // Let the runtime poll the sockets: messages that have already arrived join
+                // this batch. When idle, the first yield finds nothing and costs a few µs;
+                // under load, each one that finds more allows another.
+                tokio::task::yield_now().await;
+                next = mailbox.try_recv().ok();
+                yields = if next.is_some() {
+                    yields + 1
+                } else {
+                    MAX_BATCH_YIELDS
+                };
+            }
+        }
+        self.in_batch = false;
+        // Inside a sync throttle window the changes stay in the tracker until the window ends
+        // (one flush per window instead of one per message); otherwise they are flushed now.
+        // Clients that joined in the batch get their first packet now either way.
+        if self.unflushed
+            && (!self.sync.window_open(Instant::now()) || !self.batch_initial.is_empty())
+        {
+            self.flush_state();
+            self.drop_slow();
+        }
+        shutdown
     }
 
     fn handle(&mut self, msg: RoomMsg) {
