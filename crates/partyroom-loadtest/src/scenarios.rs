@@ -206,21 +206,29 @@ pub fn move_position(seq: u64) -> (f64, f64) {
     (x, y)
 }
 
-/// The `x` of player `pid` in a frame (`{"value":{"players":{<pid>:{"x":..}}}}`), if the
+/// A player's key as it appears in a packet (`"<pid>":`), built once per client.
+struct PlayerKey(String);
+
+impl PlayerKey {
+    fn new(pid: &str) -> Self {
+        Self(format!("\"{pid}\":"))
+    }
+}
+
+/// The `x` of player `key` in a frame (`{"value":{"players":{<pid>:{"x":..}}}}`), if the
 /// frame carries it. Read from the frame's text without building a `Value`, and without
 /// scanning all of it: with hundreds of thousands of frames per second, the load generator
-/// must stay cheaper than the server it measures. The key `"<pid>":` is searched after
-/// `"players":` (public ids are random 8-character strings, found nowhere else in a packet),
-/// and only the object that follows it is parsed.
-fn echoed_x(frame: &str, pid: &str) -> Option<f64> {
+/// must stay cheaper than the server it measures. The key is searched after `"players":`
+/// (public ids are random 8-character strings, found nowhere else in a packet), and only the
+/// object that follows it is parsed.
+fn echoed_x(frame: &str, key: &PlayerKey) -> Option<f64> {
     #[derive(serde::Deserialize)]
     struct Player {
         x: Option<f64>,
     }
     let players = frame.find("\"players\":")?;
     let rest = &frame[players..];
-    let key = format!("\"{pid}\":");
-    let at = rest.find(&key)? + key.len();
+    let at = rest.find(&key.0)? + key.0.len();
     let mut de = serde_json::Deserializer::from_str(&rest[at..]);
     let player = <Player as serde::Deserialize>::deserialize(&mut de).ok()?;
     player.x
@@ -529,6 +537,7 @@ async fn open_loop(
     let Some(mut sub) = sub else {
         return MoverOutcome::default();
     };
+    let key = PlayerKey::new(&pid);
     let period = Duration::from_secs_f64(1.0 / rate);
     let first = start + period.mul_f64(index as f64 / n as f64);
     let mut tick = tokio::time::interval_at(first.into(), period);
@@ -546,7 +555,7 @@ async fn open_loop(
                 let Some(ev) = ev else { break };
                 metrics.packet(ev.text().len());
                 note_skipped(&sub, &mut skipped, &metrics);
-                if let Some(x) = echoed_x(ev.text(), &pid)
+                if let Some(x) = echoed_x(ev.text(), &key)
                     && let Some(k) = pending.iter().position(|(px, _)| *px == x)
                 {
                     let (_, at) = pending.remove(k);
@@ -598,6 +607,7 @@ async fn closed_loop(
     let Some(mut sub) = sub else {
         return MoverOutcome::default();
     };
+    let key = PlayerKey::new(&pid);
     let mut out = MoverOutcome::default();
     let mut seq = 0u64;
     let mut skipped = 0;
@@ -633,7 +643,7 @@ async fn closed_loop(
                     let Some(ev) = ev else { break 'moves };
                     metrics.packet(ev.text().len());
                     note_skipped(&sub, &mut skipped, &metrics);
-                    if echoed_x(ev.text(), &pid) == Some(x) {
+                    if echoed_x(ev.text(), &key) == Some(x) {
                         metrics.ack(sent_at.elapsed());
                         break;
                     }
@@ -868,16 +878,35 @@ mod tests {
     }
 
     #[test]
+    fn echo_is_found_among_several_players() {
+        // The player asked for in the middle, other fields around it.
+        let many = r#"{"type":"sync","value":{"players":{"a1":{"x":1,"y":2},"abc":{"name":"n","y":4,"x":3.5},"zz":{"x":9}},"star":{"x":7}}}"#;
+        assert_eq!(echoed_x(many, &PlayerKey::new("abc")), Some(3.5));
+        assert_eq!(echoed_x(many, &PlayerKey::new("zz")), Some(9.0));
+        // A player entry without x (only y moved), or deleted.
+        let y_only = r#"{"value":{"players":{"abc":{"y":1}}}}"#;
+        assert_eq!(echoed_x(y_only, &PlayerKey::new("abc")), None);
+        let deleted = r#"{"value":{"players":{"abc":"$delete"}}}"#;
+        assert_eq!(echoed_x(deleted, &PlayerKey::new("abc")), None);
+    }
+
+    #[test]
     fn echo_is_found_by_pid() {
         let v = json!({"type": "sync", "value": {"players": {"abc": {"x": 20.25, "y": 1}}}});
         let text = v.to_string();
-        assert_eq!(echoed_x(&text, "abc"), Some(20.25));
-        assert_eq!(echoed_x(&text, "other"), None);
+        assert_eq!(echoed_x(&text, &PlayerKey::new("abc")), Some(20.25));
+        assert_eq!(echoed_x(&text, &PlayerKey::new("other")), None);
         assert_eq!(
-            echoed_x(r#"{"type":"sync","value":{"star":{}}}"#, "abc"),
+            echoed_x(
+                r#"{"type":"sync","value":{"star":{}}}"#,
+                &PlayerKey::new("abc")
+            ),
             None
         );
-        assert_eq!(echoed_x(r#"{"type":"sync","value":"text"}"#, "abc"), None);
-        assert_eq!(echoed_x("not json", "abc"), None);
+        assert_eq!(
+            echoed_x(r#"{"type":"sync","value":"text"}"#, &PlayerKey::new("abc")),
+            None
+        );
+        assert_eq!(echoed_x("not json", &PlayerKey::new("abc")), None);
     }
 }
