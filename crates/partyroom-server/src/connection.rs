@@ -1,20 +1,15 @@
 //! One task per WebSocket connection: reads client frames into the room's mailbox, and writes
 //! the frames its [`Outbox`] could not write at once.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
 use partyroom_room::{CloseFrame, ConnId, ConnectionSink, RoomHandle};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::frame_reader::{FrameReader, Incoming};
 use crate::outbox::Outbox;
 
 /// How long a closing connection may take to write its last frames.
@@ -45,49 +40,9 @@ impl Writer {
     }
 }
 
-/// The read side of a connection, as tungstenite sees it: reads come from the socket, and
-/// what the protocol layer writes (pong and close replies) goes through the outbox, so it
-/// never interleaves with the room's frames.
-pub(crate) struct ReadIo<R> {
-    pub(crate) read: R,
-    pub(crate) outbox: Arc<Outbox>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for ReadIo<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
-    }
-}
-
-impl<R: Unpin> AsyncWrite for ReadIo<R> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.outbox.push_raw(Bytes::copy_from_slice(buf)) {
-            Poll::Ready(Ok(buf.len()))
-        } else {
-            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// What one connection task needs.
-pub(crate) struct Connection<R> {
-    pub(crate) ws: WebSocketStream<ReadIo<R>>,
+pub(crate) struct Connection {
+    pub(crate) reader: FrameReader,
     pub(crate) writer: Writer,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) room: RoomHandle,
@@ -97,9 +52,9 @@ pub(crate) struct Connection<R> {
 }
 
 /// Drive one connected client until either side closes or the server shuts down.
-pub(crate) async fn run<R: AsyncRead + Unpin>(c: Connection<R>) {
+pub(crate) async fn run(c: Connection) {
     let Connection {
-        mut ws,
+        mut reader,
         mut writer,
         outbox,
         room,
@@ -130,16 +85,38 @@ pub(crate) async fn run<R: AsyncRead + Unpin>(c: Connection<R>) {
                     reason: "server shutting down".into(),
                 });
             }
-            msg = ws.next() => {
-                let text: Bytes = match msg {
-                    Some(Ok(Message::Text(t))) => t.into(),
-                    // Binary frames are read as UTF-8 text, like the Node adapter does.
-                    Some(Ok(Message::Binary(b))) => match std::str::from_utf8(&b) {
-                        Ok(_) => b,
-                        Err(_) => continue,
-                    },
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                    Some(Ok(_)) => continue,
+            incoming = reader.next() => {
+                let text = match incoming {
+                    Ok(Incoming::Message { payload, text }) => {
+                        // Binary frames are read as UTF-8 text, like the Node adapter does;
+                        // those that are not UTF-8 are dropped.
+                        if !text && std::str::from_utf8(&payload).is_err() {
+                            continue;
+                        }
+                        payload
+                    }
+                    Ok(Incoming::Ping(payload)) => {
+                        outbox.pong(payload);
+                        continue;
+                    }
+                    Ok(Incoming::Close(code)) => {
+                        // The reply echoes the client's code (ignored if we closed first).
+                        outbox.close(CloseFrame {
+                            code: code.unwrap_or(1000),
+                            reason: String::new(),
+                        });
+                        break;
+                    }
+                    Err(e) => {
+                        if let Some(code) = e.close_code() {
+                            tracing::debug!(room = room.id(), conn, error = %e, "closing connection");
+                            outbox.close(CloseFrame {
+                                code,
+                                reason: e.to_string(),
+                            });
+                        }
+                        break;
+                    }
                 };
                 if !bucket.take() {
                     tracing::debug!(room = room.id(), conn, "message dropped: rate limit");

@@ -13,6 +13,7 @@
 //! [`partyroom_room::RoomConfig::outgoing_queue`]). Shutdown is passed in explicitly.
 
 mod connection;
+mod frame_reader;
 mod handshake;
 mod outbox;
 pub mod path;

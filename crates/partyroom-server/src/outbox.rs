@@ -26,6 +26,7 @@ const WRITEV_FRAMES: usize = 32;
 /// WebSocket opcodes the server sends.
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
+const OP_PONG: u8 = 0xA;
 
 /// One queued frame: its header and its payload (shared with the other receivers).
 #[derive(Debug)]
@@ -56,15 +57,6 @@ impl Pending {
             header,
             header_len,
             payload,
-        }
-    }
-
-    /// Bytes already framed (a pong or close reply written by the WebSocket reader).
-    fn raw(bytes: Bytes) -> Self {
-        Self {
-            header: [0; 10],
-            header_len: 0,
-            payload: bytes,
         }
     }
 
@@ -169,10 +161,9 @@ impl Outbox {
         SinkStatus::Accepted
     }
 
-    /// Bytes the WebSocket protocol layer wants to write (control frame replies). Returns
-    /// false when the connection can take nothing more.
-    pub(crate) fn push_raw(&self, bytes: Bytes) -> bool {
-        self.enqueue(Pending::raw(bytes), true) == SinkStatus::Accepted
+    /// Answer a ping. Dropped when the connection is closing or its queue is full.
+    pub(crate) fn pong(&self, payload: Bytes) {
+        let _ = self.enqueue(Pending::frame(OP_PONG, payload), true);
     }
 
     /// Write what is queued to the socket, waiting for it to become writable as needed.

@@ -14,15 +14,13 @@ use hyper_util::service::TowerToHyperService;
 use partyroom_room::{
     ConnectError, ConnectRequest, ConnectionSink, LookupError, RoomRequest, RoomResponse, Rooms,
 };
-use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, Connection, ReadIo, Writer};
+use crate::connection::{self, Connection, Writer};
+use crate::frame_reader::{FrameReader, Source};
 use crate::handshake::Handshake;
 use crate::outbox::Outbox;
 use crate::path::{PathError, RoomPath};
@@ -44,9 +42,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest accepted WebSocket message and frame. Default 64 KiB.
     pub max_message_bytes: usize,
-    /// Read buffer per connection. Default 1 KiB: client messages are small, and larger ones
-    /// are read in several chunks (tungstenite's default of 128 KiB per socket would cost
-    /// 1.3 GB for 10,000 idle clients).
+    /// Bytes asked of a socket per read. Default 4 KiB. The read buffer exists only while a
+    /// connection has something to read, so idle connections cost nothing here; a frame
+    /// larger than this gets a buffer of its size.
     pub read_buffer_bytes: usize,
     /// Largest accepted HTTP request body. Default 1 MiB.
     pub max_body_bytes: usize,
@@ -69,7 +67,7 @@ impl Default for ServerConfig {
         Self {
             max_connections: 100_000,
             max_message_bytes: 64 * 1024,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 4096,
             max_body_bytes: 1024 * 1024,
             max_messages_per_second: 100,
             shard_secret: None,
@@ -347,10 +345,10 @@ async fn upgrade(
     if !admitted {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Room unavailable");
     }
-    let config = WebSocketConfig::default()
-        .read_buffer_size(shared.config.read_buffer_bytes)
-        .max_message_size(Some(shared.config.max_message_bytes))
-        .max_frame_size(Some(shared.config.max_message_bytes));
+    let limits = (
+        shared.config.max_message_bytes,
+        shared.config.read_buffer_bytes,
+    );
     let shared2 = shared.clone();
     let response = handshake.response();
     let on_upgrade = handshake.on_upgrade;
@@ -361,7 +359,7 @@ async fn upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let (ws, writer) = socket_parts(upgraded, &outbox, config).await;
+        let (reader, writer) = socket_parts(upgraded, &outbox, limits);
         let mut room = room;
         let mut prepared = Some(first);
         for attempt in 1..=3 {
@@ -376,7 +374,7 @@ async fn upgrade(
             match room.connect(req).await {
                 Ok(conn) => {
                     connection::run(Connection {
-                        ws,
+                        reader,
                         writer,
                         outbox,
                         room,
@@ -408,37 +406,26 @@ async fn upgrade(
 /// The upgraded connection as a WebSocket reader and a writer. A plain TCP stream (what
 /// [`Server::serve`] accepts) is split so that the room can write to it directly; any other
 /// transport (a router served by something else) is written by the connection task alone.
-async fn socket_parts(
+fn socket_parts(
     upgraded: Upgraded,
     outbox: &Arc<Outbox>,
-    config: WebSocketConfig,
-) -> (
-    WebSocketStream<ReadIo<Box<dyn AsyncRead + Send + Unpin>>>,
-    Writer,
-) {
-    let (read, writer, leftover): (Box<dyn AsyncRead + Send + Unpin>, Writer, Vec<u8>) =
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                let (read, write) = parts.io.into_inner().into_split();
-                let write = Arc::new(write);
-                outbox.attach(write.clone());
-                (Box::new(read), Writer::Tcp(write), parts.read_buf.to_vec())
-            }
-            Err(upgraded) => {
-                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                (Box::new(read), Writer::Io(Box::new(write)), Vec::new())
-            }
-        };
-    let io = ReadIo {
-        read,
-        outbox: outbox.clone(),
-    };
-    let ws = if leftover.is_empty() {
-        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
-    } else {
-        WebSocketStream::from_partially_read(io, leftover, Role::Server, Some(config)).await
-    };
-    (ws, writer)
+    (max_message, read_chunk): (usize, usize),
+) -> (FrameReader, Writer) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (read, write) = parts.io.into_inner().into_split();
+            let write = Arc::new(write);
+            outbox.attach(write.clone());
+            let reader =
+                FrameReader::new(Source::Tcp(read), &parts.read_buf, max_message, read_chunk);
+            (reader, Writer::Tcp(write))
+        }
+        Err(upgraded) => {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            let reader = FrameReader::new(Source::Io(Box::new(read)), &[], max_message, read_chunk);
+            (reader, Writer::Io(Box::new(write)))
+        }
+    }
 }
 
 /// Whether `x-access-shard` carries the configured shard secret (constant-time comparison).

@@ -456,6 +456,77 @@ async fn a_frame_sent_with_the_handshake_is_not_lost() {
     assert!(text.contains(r#""count":1"#), "{text}");
 }
 
+/// The code of the close frame among the WebSocket frames after an HTTP 101 response.
+fn close_code_of(out: &[u8]) -> Option<u16> {
+    let start = out.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let mut at = start;
+    while at + 2 <= out.len() {
+        let (op, len) = (out[at] & 0x0F, usize::from(out[at + 1] & 0x7F));
+        let (len, header) = match len {
+            126 => (
+                usize::from(u16::from_be_bytes([out[at + 2], out[at + 3]])),
+                4,
+            ),
+            n => (n, 2),
+        };
+        if op == 0x8 {
+            return Some(u16::from_be_bytes([out[at + header], out[at + header + 1]]));
+        }
+        at += header + len;
+    }
+    None
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_the_rfc_codes() {
+    let (addr, _stop) = start().await;
+    let mut unmasked = br#"{"action":"inc"}"#.to_vec();
+    unmasked.splice(0..0, [0x81, unmasked.len() as u8]);
+    let mut reserved_bits = masked_text_frame(b"{}");
+    reserved_bits[0] |= 0x40;
+    let mut reserved_opcode = masked_text_frame(b"{}");
+    reserved_opcode[0] = 0x83;
+    let mut lone_continuation = masked_text_frame(b"{}");
+    lone_continuation[0] = 0x80;
+    let not_utf8 = masked_text_frame(&[b'"', 0xff, 0xfe, b'"']);
+    // A header announcing 1 MiB: refused before the payload is sent.
+    let too_big = vec![0x81, 0x80 | 127, 0, 0, 0, 0, 0, 0x10, 0, 0, 1, 2, 3, 4];
+    let cases: [(&str, Vec<u8>, u16); 6] = [
+        ("unmasked", unmasked, 1002),
+        ("reserved bits", reserved_bits, 1002),
+        ("reserved opcode", reserved_opcode, 1002),
+        ("continuation", lone_continuation, 1002),
+        ("not UTF-8", not_utf8, 1007),
+        ("too big", too_big, 1009),
+    ];
+    for (i, (what, frame, code)) in cases.into_iter().enumerate() {
+        let mut req =
+            upgrade_request(&format!("/parties/main/game-p{i}?id=p"), GOOD_UPGRADE).into_bytes();
+        req.extend(frame);
+        let out = raw_exchange(addr, &req, b"").await;
+        assert!(out.starts_with(b"HTTP/1.1 101"), "{what}");
+        assert_eq!(close_code_of(&out), Some(code), "{what}");
+    }
+    // The room lives on: a well-behaved client still plays.
+    let mut a = ws(addr, "/parties/main/game-p0?id=q").await;
+    next_json(&mut a).await;
+    a.send(Message::text(r#"{"action":"inc"}"#)).await.unwrap();
+    assert_eq!(next_json(&mut a).await["value"]["count"], 1);
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_its_code() {
+    let (addr, _stop) = start().await;
+    let m = [9u8, 8, 7, 6];
+    let mut req = upgrade_request("/parties/main/game-c1?id=c", GOOD_UPGRADE).into_bytes();
+    let payload = [0x0F, 0xA0, b'b', b'y', b'e']; // 4000 "bye"
+    req.extend([0x88, 0x80 | payload.len() as u8]);
+    req.extend(m);
+    req.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+    let out = raw_exchange(addr, &req, b"").await;
+    assert_eq!(close_code_of(&out), Some(4000));
+}
+
 #[tokio::test]
 async fn pings_are_answered_between_room_frames() {
     let (addr, _stop) = start().await;

@@ -44,6 +44,12 @@ struct Args {
     threads: Option<usize>,
 }
 
+/// mimalloc: the room's hot path allocates small, short-lived buffers (a read chunk per
+/// message, a patch per sync window); with glibc's allocator they cost about 7 % of the
+/// server's CPU in the batched-sync benchmark, and idle memory per client is no higher.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

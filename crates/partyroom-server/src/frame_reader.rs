@@ -1,0 +1,549 @@
+//! The server's WebSocket reader (RFC 6455, client-to-server direction): turns the bytes a
+//! client sends into whole messages, answers pings and reports closes and protocol errors.
+//!
+//! Written for the room's hot path: one `recv` per readiness event, several frames parsed out
+//! of one read, the mask removed eight bytes at a time in place, and a message handed on as a
+//! slice of the read buffer without a copy. An idle connection holds no read buffer at all:
+//! on a TCP socket the reader waits for readability first and allocates only to read.
+//!
+//! No extension is negotiated, so every RSV bit must be zero. What the RFC calls a failure
+//! (an unmasked frame, a reserved opcode, a fragmented or oversize control frame, a
+//! continuation out of place) ends the connection with close code 1002; a message over the
+//! configured limit with 1009, declared before any of it is buffered; a text message that is
+//! not UTF-8 with 1007.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::tcp::OwnedReadHalf;
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// Where the reader's bytes come from.
+pub(crate) enum Source {
+    /// A TCP socket: readiness is awaited before a buffer is allocated.
+    Tcp(OwnedReadHalf),
+    /// Any other upgraded transport.
+    Io(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+/// What the reader hands to the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    /// A whole data message: a text message (valid UTF-8), or a binary one (any bytes).
+    Message { payload: Bytes, text: bool },
+    /// A ping: its payload, to be echoed in a pong.
+    Ping(Bytes),
+    /// The client's close frame: its status code, if it gave a valid one.
+    Close(Option<u16>),
+}
+
+/// Why the reader stopped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    /// The stream ended (or failed) without a close frame.
+    #[error("connection ended")]
+    Ended,
+    /// The client broke the protocol: close with 1002.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// A message over the size limit: close with 1009.
+    #[error("message too big")]
+    TooBig,
+    /// A text message that is not UTF-8: close with 1007.
+    #[error("text message is not UTF-8")]
+    InvalidUtf8,
+}
+
+impl ReadError {
+    /// The close code to send, if the connection is still able to send one.
+    pub(crate) fn close_code(&self) -> Option<u16> {
+        match self {
+            ReadError::Ended => None,
+            ReadError::Protocol(_) => Some(1002),
+            ReadError::TooBig => Some(1009),
+            ReadError::InvalidUtf8 => Some(1007),
+        }
+    }
+}
+
+/// A fragmented message being assembled.
+struct Fragments {
+    text: bool,
+    parts: BytesMut,
+}
+
+/// Reads WebSocket messages from one client. See the module documentation.
+pub(crate) struct FrameReader {
+    source: Source,
+    buf: BytesMut,
+    fragments: Option<Fragments>,
+    max_message: usize,
+    /// Bytes asked of the source per read (more when a frame needs more).
+    read_chunk: usize,
+}
+
+impl FrameReader {
+    /// A reader over `source`; `leftover` is what was read past the HTTP upgrade request.
+    pub(crate) fn new(
+        source: Source,
+        leftover: &[u8],
+        max_message: usize,
+        read_chunk: usize,
+    ) -> Self {
+        Self {
+            source,
+            buf: BytesMut::from(leftover),
+            fragments: None,
+            max_message,
+            read_chunk: read_chunk.max(64),
+        }
+    }
+
+    /// The next message, ping or close. Cancel-safe: bytes already read stay buffered.
+    pub(crate) async fn next(&mut self) -> Result<Incoming, ReadError> {
+        loop {
+            if let Some(incoming) = self.parse()? {
+                if self.buf.is_empty() {
+                    // An idle connection keeps no buffer.
+                    self.buf = BytesMut::new();
+                }
+                return Ok(incoming);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Read more bytes into the buffer.
+    async fn fill(&mut self) -> Result<(), ReadError> {
+        let n = match &mut self.source {
+            Source::Tcp(socket) => {
+                if self.buf.capacity() == self.buf.len() {
+                    // Nothing to read into yet: wait for data before allocating.
+                    socket.readable().await.map_err(|_| ReadError::Ended)?;
+                }
+                self.buf.reserve(self.read_chunk);
+                // `read_buf` (tokio's `poll_read`) notes a short read as draining the socket,
+                // so the next wait does not start with a read that finds nothing.
+                socket
+                    .read_buf(&mut self.buf)
+                    .await
+                    .map_err(|_| ReadError::Ended)?
+            }
+            Source::Io(io) => {
+                self.buf.reserve(self.read_chunk);
+                io.read_buf(&mut self.buf)
+                    .await
+                    .map_err(|_| ReadError::Ended)?
+            }
+        };
+        if n == 0 {
+            return Err(ReadError::Ended);
+        }
+        Ok(())
+    }
+
+    /// Take the next complete frame out of the buffer, if there is one, and return what it
+    /// completes (a fragment alone completes nothing).
+    fn parse(&mut self) -> Result<Option<Incoming>, ReadError> {
+        loop {
+            let Some(header) = FrameHeader::parse(&self.buf, self.max_message)? else {
+                return Ok(None);
+            };
+            let total = header.header_len + header.len;
+            if self.buf.len() < total {
+                // Room for the whole frame, so that one more read may complete it.
+                self.buf.reserve(total - self.buf.len());
+                return Ok(None);
+            }
+            self.buf.advance(header.header_len);
+            let mut payload = self.buf.split_to(header.len);
+            unmask(&mut payload, header.mask);
+            if let Some(incoming) = self.frame(header.fin, header.opcode, payload)? {
+                return Ok(Some(incoming));
+            }
+        }
+    }
+
+    fn frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: BytesMut,
+    ) -> Result<Option<Incoming>, ReadError> {
+        match opcode {
+            OP_TEXT | OP_BINARY => {
+                if self.fragments.is_some() {
+                    return Err(ReadError::Protocol("new message inside a fragmented one"));
+                }
+                let text = opcode == OP_TEXT;
+                if fin {
+                    return finish(payload, text).map(Some);
+                }
+                self.fragments = Some(Fragments {
+                    text,
+                    parts: payload,
+                });
+                Ok(None)
+            }
+            OP_CONTINUATION => {
+                let Some(fragments) = self.fragments.as_mut() else {
+                    return Err(ReadError::Protocol("continuation without a message"));
+                };
+                if fragments.parts.len() + payload.len() > self.max_message {
+                    return Err(ReadError::TooBig);
+                }
+                fragments.parts.extend_from_slice(&payload);
+                if !fin {
+                    return Ok(None);
+                }
+                let Fragments { text, parts } = self.fragments.take().expect("checked above");
+                finish(parts, text).map(Some)
+            }
+            OP_PING => Ok(Some(Incoming::Ping(payload.freeze()))),
+            OP_PONG => Ok(None),
+            OP_CLOSE => match payload.len() {
+                0 => Ok(Some(Incoming::Close(None))),
+                1 => Err(ReadError::Protocol("close frame with a one-byte payload")),
+                _ => {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    if std::str::from_utf8(&payload[2..]).is_err() {
+                        return Err(ReadError::InvalidUtf8);
+                    }
+                    if !close_code_valid(code) {
+                        return Err(ReadError::Protocol("invalid close code"));
+                    }
+                    Ok(Some(Incoming::Close(Some(code))))
+                }
+            },
+            _ => Err(ReadError::Protocol("reserved opcode")),
+        }
+    }
+}
+
+/// A whole message out of its payload bytes.
+fn finish(payload: BytesMut, text: bool) -> Result<Incoming, ReadError> {
+    if text && std::str::from_utf8(&payload).is_err() {
+        return Err(ReadError::InvalidUtf8);
+    }
+    Ok(Incoming::Message {
+        payload: payload.freeze(),
+        text,
+    })
+}
+
+/// Close codes a peer may send (RFC 6455 7.4).
+fn close_code_valid(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+/// A parsed frame header.
+#[derive(Debug, PartialEq, Eq)]
+struct FrameHeader {
+    fin: bool,
+    opcode: u8,
+    mask: [u8; 4],
+    header_len: usize,
+    len: usize,
+}
+
+impl FrameHeader {
+    /// The header at the start of `buf`, or `None` if `buf` does not hold all of it yet.
+    fn parse(buf: &[u8], max_message: usize) -> Result<Option<Self>, ReadError> {
+        if buf.len() < 2 {
+            return Ok(None);
+        }
+        let (b0, b1) = (buf[0], buf[1]);
+        if b0 & 0x70 != 0 {
+            return Err(ReadError::Protocol("reserved bits set"));
+        }
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0F;
+        if b1 & 0x80 == 0 {
+            return Err(ReadError::Protocol("client frame not masked"));
+        }
+        let control = opcode & 0x8 != 0;
+        let (len, len_bytes) = match b1 & 0x7F {
+            126 => {
+                let Some(b) = buf.get(2..4) else {
+                    return Ok(None);
+                };
+                (u64::from(u16::from_be_bytes([b[0], b[1]])), 2)
+            }
+            127 => {
+                let Some(b) = buf.get(2..10) else {
+                    return Ok(None);
+                };
+                let len = u64::from_be_bytes(b.try_into().expect("eight bytes"));
+                if len >> 63 != 0 {
+                    return Err(ReadError::Protocol("frame length with the top bit set"));
+                }
+                (len, 8)
+            }
+            n => (u64::from(n), 0),
+        };
+        if control && (!fin || len > 125) {
+            return Err(ReadError::Protocol("fragmented or oversize control frame"));
+        }
+        if len > max_message as u64 {
+            return Err(ReadError::TooBig);
+        }
+        let header_len = 2 + len_bytes + 4;
+        let Some(mask) = buf.get(2 + len_bytes..header_len) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            fin,
+            opcode,
+            mask: mask.try_into().expect("four bytes"),
+            header_len,
+            len: len as usize,
+        }))
+    }
+}
+
+/// Remove the client's mask, eight bytes at a time.
+fn unmask(data: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes((&*chunk).try_into().expect("eight bytes")) ^ wide;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    // The tail starts at a multiple of 8, so the mask lines up from its first byte.
+    for (byte, m) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= m;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame: masked with `mask`.
+    fn frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if let Ok(len) = u16::try_from(len) {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&len.to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        out
+    }
+
+    const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+    /// Hands out its bytes in pieces of at most `piece` bytes, one piece per read.
+    struct Pieces {
+        bytes: Vec<u8>,
+        at: usize,
+        piece: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self
+                .piece
+                .min(buf.remaining())
+                .min(self.bytes.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.bytes[at..at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A reader over `bytes` delivered in pieces of `piece` bytes.
+    fn reader(bytes: Vec<u8>, piece: usize, max: usize) -> FrameReader {
+        let io: Box<dyn AsyncRead + Send + Unpin> = Box::new(Pieces {
+            bytes,
+            at: 0,
+            piece: piece.max(1),
+        });
+        FrameReader::new(Source::Io(io), &[], max, 4096)
+    }
+
+    async fn all(mut r: FrameReader) -> (Vec<Incoming>, ReadError) {
+        let mut out = Vec::new();
+        loop {
+            match r.next().await {
+                Ok(i) => out.push(i),
+                Err(e) => return (out, e),
+            }
+        }
+    }
+
+    fn text(s: &str) -> Incoming {
+        Incoming::Message {
+            payload: Bytes::copy_from_slice(s.as_bytes()),
+            text: true,
+        }
+    }
+
+    #[test]
+    fn unmask_matches_the_byte_by_byte_definition() {
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len as u8).collect();
+            let mut fast = data.clone();
+            unmask(&mut fast, MASK);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ MASK[i % 4])
+                .collect();
+            assert_eq!(fast, slow, "length {len}");
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_of_every_length_encoding_in_any_pieces() {
+        let big = "x".repeat(70_000);
+        let mid = "y".repeat(300);
+        let mut bytes = Vec::new();
+        for p in ["hello", mid.as_str(), big.as_str(), ""] {
+            bytes.extend(frame(true, OP_TEXT, p.as_bytes(), MASK));
+        }
+        for piece in [1, 3, 7, 4096, usize::MAX] {
+            let (got, end) = all(reader(bytes.clone(), piece, 100_000)).await;
+            assert_eq!(
+                got,
+                vec![text("hello"), text(&mid), text(&big), text("")],
+                "piece {piece}"
+            );
+            assert_eq!(end, ReadError::Ended);
+        }
+    }
+
+    #[tokio::test]
+    async fn fragments_join_and_control_frames_may_come_between() {
+        let mut bytes = frame(false, OP_TEXT, b"he", MASK);
+        bytes.extend(frame(true, OP_PING, b"p", MASK));
+        bytes.extend(frame(false, OP_CONTINUATION, b"ll", MASK));
+        bytes.extend(frame(true, OP_PONG, b"", MASK));
+        bytes.extend(frame(true, OP_CONTINUATION, b"o", MASK));
+        bytes.extend(frame(true, OP_BINARY, &[0xff, 0], MASK));
+        bytes.extend(frame(true, OP_CLOSE, &1000u16.to_be_bytes(), MASK));
+        let (got, end) = all(reader(bytes, 5, 1000)).await;
+        assert_eq!(
+            got,
+            vec![
+                Incoming::Ping(Bytes::from_static(b"p")),
+                text("hello"),
+                Incoming::Message {
+                    payload: Bytes::from_static(&[0xff, 0]),
+                    text: false
+                },
+                Incoming::Close(Some(1000)),
+            ]
+        );
+        assert_eq!(end, ReadError::Ended);
+    }
+
+    async fn error_of(bytes: Vec<u8>, max: usize) -> ReadError {
+        let (got, end) = all(reader(bytes, usize::MAX, max)).await;
+        assert!(got.is_empty(), "{got:?}");
+        end
+    }
+
+    #[tokio::test]
+    async fn protocol_errors() {
+        let unmasked = vec![0x81, 0x01, b'a'];
+        assert!(matches!(
+            error_of(unmasked, 100).await,
+            ReadError::Protocol(_)
+        ));
+        let mut rsv = frame(true, OP_TEXT, b"a", MASK);
+        rsv[0] |= 0x40;
+        assert!(matches!(error_of(rsv, 100).await, ReadError::Protocol(_)));
+        let reserved = frame(true, 0x3, b"a", MASK);
+        assert!(matches!(
+            error_of(reserved, 100).await,
+            ReadError::Protocol(_)
+        ));
+        let lone = frame(true, OP_CONTINUATION, b"a", MASK);
+        assert!(matches!(error_of(lone, 100).await, ReadError::Protocol(_)));
+        let mut nested = frame(false, OP_TEXT, b"a", MASK);
+        nested.extend(frame(true, OP_TEXT, b"b", MASK));
+        assert!(matches!(
+            error_of(nested, 100).await,
+            ReadError::Protocol(_)
+        ));
+        let long_ping = frame(true, OP_PING, &[0; 126], MASK);
+        assert!(matches!(
+            error_of(long_ping, 1000).await,
+            ReadError::Protocol(_)
+        ));
+        let split_ping = frame(false, OP_PING, b"a", MASK);
+        assert!(matches!(
+            error_of(split_ping, 100).await,
+            ReadError::Protocol(_)
+        ));
+        let one_byte_close = frame(true, OP_CLOSE, &[3], MASK);
+        assert!(matches!(
+            error_of(one_byte_close, 100).await,
+            ReadError::Protocol(_)
+        ));
+        let bad_code = frame(true, OP_CLOSE, &1005u16.to_be_bytes(), MASK);
+        assert!(matches!(
+            error_of(bad_code, 100).await,
+            ReadError::Protocol(_)
+        ));
+        let mut top_bit = vec![0x81, 0x80 | 127];
+        top_bit.extend_from_slice(&u64::MAX.to_be_bytes());
+        top_bit.extend_from_slice(&MASK);
+        assert!(matches!(
+            error_of(top_bit, 100).await,
+            ReadError::Protocol(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversize_messages_are_refused_from_their_header() {
+        // Only the header is sent: the reader refuses before waiting for the payload.
+        let header = frame(true, OP_TEXT, &[0; 2000], MASK)[..8].to_vec();
+        assert_eq!(error_of(header, 1000).await, ReadError::TooBig);
+        let mut fragmented = frame(false, OP_TEXT, &[b'a'; 600], MASK);
+        fragmented.extend(frame(true, OP_CONTINUATION, &[b'a'; 600], MASK));
+        assert_eq!(error_of(fragmented, 1000).await, ReadError::TooBig);
+    }
+
+    #[tokio::test]
+    async fn text_must_be_utf8_binary_need_not() {
+        let bad = frame(true, OP_TEXT, &[0xff, 0xfe], MASK);
+        assert_eq!(error_of(bad, 100).await, ReadError::InvalidUtf8);
+        // A character split between fragments is fine.
+        let mut split = frame(false, OP_TEXT, &[0xc3], MASK);
+        split.extend(frame(true, OP_CONTINUATION, &[0xa9], MASK));
+        let (got, _) = all(reader(split, usize::MAX, 100)).await;
+        assert_eq!(got, vec![text("é")]);
+        let bad_reason = frame(true, OP_CLOSE, &[0x03, 0xe8, 0xff], MASK);
+        assert_eq!(error_of(bad_reason, 100).await, ReadError::InvalidUtf8);
+    }
+
+    #[test]
+    fn close_codes() {
+        assert_eq!(ReadError::Ended.close_code(), None);
+        assert_eq!(ReadError::Protocol("x").close_code(), Some(1002));
+        assert_eq!(ReadError::TooBig.close_code(), Some(1009));
+        assert_eq!(ReadError::InvalidUtf8.close_code(), Some(1007));
+        assert!(close_code_valid(1000) && close_code_valid(4000));
+        assert!(!close_code_valid(1005) && !close_code_valid(1006) && !close_code_valid(999));
+    }
+}
