@@ -24,7 +24,11 @@ pub struct Proxy {
 impl Proxy {
     /// Listen on `127.0.0.1:0` and relay to `upstream` (a loopback address).
     pub async fn start(upstream: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        // A deep accept queue: with tokio's default of 128, a storm of reconnections
+        // overflows it and the dropped ones come back only after a SYN retransmit (1 s).
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+        let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let generation = Arc::new(watch::Sender::new(0u64));
         let gen_tx = generation.clone();

@@ -15,8 +15,10 @@
 mod connection;
 mod frame_reader;
 mod handshake;
+mod listener;
 mod outbox;
 pub mod path;
 mod server;
 
+pub use listener::{LISTEN_BACKLOG, bind};
 pub use server::{Server, ServerConfig, constant_time_eq, shutdown_signal};

@@ -89,7 +89,7 @@ struct Shared {
 /// ```no_run
 /// # use partyroom_server::Server;
 /// # async fn demo(rooms: partyroom_room::Rooms) -> std::io::Result<()> {
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// let listener = partyroom_server::bind("127.0.0.1:3000").await?;
 /// Server::new(rooms).serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
 /// # }
 /// ```

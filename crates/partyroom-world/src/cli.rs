@@ -184,7 +184,7 @@ pub async fn run(args: Args, app: App) -> anyhow::Result<()> {
 
 /// Serve until `shutdown` is cancelled.
 pub async fn run_until(args: Args, app: App, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+    let listener = partyroom::server::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     serve_on(listener, args, app, shutdown).await

@@ -26,7 +26,7 @@
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let rooms = Rooms::builder().room::<Game>("main").expect("valid pattern").build();
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! let listener = partyroom::server::bind("127.0.0.1:3000").await?;
 //! Server::new(rooms).serve(listener, std::future::pending()).await
 //! # }
 //! ```

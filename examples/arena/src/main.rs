@@ -91,7 +91,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         sync_throttle: args.sync_throttle_ms.map(Duration::from_millis),
         max_messages_per_second: args.max_messages_per_second,
     };
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+    let listener = partyroom::server::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
