@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// The relay. Dropping it stops accepting; relayed connections are cut.
@@ -86,7 +86,9 @@ mod tests {
 
     #[tokio::test]
     async fn relays_then_cuts() {
-        let upstream = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let upstream = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
         let up_addr = upstream.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
