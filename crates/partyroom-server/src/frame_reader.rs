@@ -537,6 +537,76 @@ mod tests {
         assert_eq!(error_of(bad_reason, 100).await, ReadError::InvalidUtf8);
     }
 
+    /// Messages, split into fragments at `cuts` with pings between them, then delivered
+    /// in pieces of `piece` bytes, come out whole and in order.
+    fn run(rt: &tokio::runtime::Runtime, messages: &[(Vec<u8>, bool)], cuts: usize, piece: usize) {
+        let mut bytes = Vec::new();
+        let mut expected = Vec::new();
+        for (i, (payload, text)) in messages.iter().enumerate() {
+            let mask = [i as u8, 0xA5, (i >> 8) as u8, 0x3C];
+            let op = if *text { OP_TEXT } else { OP_BINARY };
+            let parts: Vec<&[u8]> = if payload.is_empty() || cuts == 0 {
+                vec![payload]
+            } else {
+                payload.chunks(payload.len().div_ceil(cuts + 1)).collect()
+            };
+            for (j, part) in parts.iter().enumerate() {
+                let fin = j + 1 == parts.len();
+                let opcode = if j == 0 { op } else { OP_CONTINUATION };
+                bytes.extend(frame(fin, opcode, part, mask));
+                if !fin {
+                    bytes.extend(frame(true, OP_PING, b"", mask));
+                    expected.push(Incoming::Ping(Bytes::new()));
+                }
+            }
+            expected.push(Incoming::Message {
+                payload: Bytes::copy_from_slice(payload),
+                text: *text,
+            });
+        }
+        let (got, end) = rt.block_on(all(reader(bytes, piece, 1 << 20)));
+        assert_eq!(got, expected);
+        assert_eq!(end, ReadError::Ended);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_messages_in_any_pieces(
+            messages in proptest::collection::vec(
+                (proptest::collection::vec(proptest::num::u8::ANY, 0..300), proptest::bool::ANY),
+                0..8,
+            ),
+            cuts in 0usize..4,
+            piece in 1usize..600,
+        ) {
+            // Text messages must be UTF-8: use the lossy form of the random bytes.
+            let messages: Vec<(Vec<u8>, bool)> = messages
+                .into_iter()
+                .map(|(b, text)| if text {
+                    (String::from_utf8_lossy(&b).into_owned().into_bytes(), true)
+                } else {
+                    (b, false)
+                })
+                .collect();
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            run(&rt, &messages, cuts, piece);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2000),
+            piece in 1usize..300,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            // Whatever the bytes, the reader ends with an error of its own, without panicking.
+            let (_, end) = rt.block_on(all(reader(bytes, piece, 1000)));
+            proptest::prop_assert!(matches!(
+                end,
+                ReadError::Ended | ReadError::Protocol(_) | ReadError::TooBig | ReadError::InvalidUtf8
+            ));
+        }
+    }
+
     #[test]
     fn close_codes() {
         assert_eq!(ReadError::Ended.close_code(), None);
