@@ -20,7 +20,7 @@
 #   IDLE=10000 IDLE_ROOMS=100          idle clients and rooms
 #   IDLE_ORIGINAL=10000                idle clients for the original
 #   RECONNECT=500                      clients of the reconnect storm
-#   BATCHED_FAST=6000 BATCHED_RUNS=3 BATCHED_SECONDS=10   the batched-sync scenarios
+#   BATCHED_FAST=6000 BATCHED_RUNS=5 BATCHED_SECONDS=10   the batched-sync scenarios
 #   SKIP_BUILD=1                       use the binaries already built (in $BIN, default target/release)
 #   NO_WRITE=1                         do not touch BENCHMARKS.md
 #   TABLE_ONLY=1                       no build and no runs: rebuild the table from the results
@@ -41,7 +41,7 @@ IDLE_ROOMS=${IDLE_ROOMS:-100}
 IDLE_ORIGINAL=${IDLE_ORIGINAL:-10000}
 RECONNECT=${RECONNECT:-500}
 BATCHED_FAST=${BATCHED_FAST:-6000}
-BATCHED_RUNS=${BATCHED_RUNS:-3}
+BATCHED_RUNS=${BATCHED_RUNS:-5}
 BATCHED_SECONDS=${BATCHED_SECONDS:-10}
 OUT="$ROOT/target/bench-reference"
 BIN=${BIN:-$ROOT/target/release}
