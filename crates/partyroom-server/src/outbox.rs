@@ -142,10 +142,14 @@ impl Outbox {
         if st.queue.is_empty()
             && let Some(socket) = self.direct.get()
         {
-            match socket.try_write_vectored(&entry.slices(0)) {
+            // Straight to the socket (the fd is non-blocking): tokio's readiness is not
+            // consulted here, which saves a cache miss per frame and receiver. When the socket
+            // is full, the connection task's own write finds it full too and waits.
+            let stream: &tokio::net::TcpStream = (**socket).as_ref();
+            match rustix::io::writev(stream, &entry.slices(0)) {
                 Ok(n) if n == entry.len() => return SinkStatus::Accepted,
                 Ok(n) => st.written = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.written = 0,
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => st.written = 0,
                 Err(_) => {
                     st.dead = true;
                     self.wake.notify_one();
