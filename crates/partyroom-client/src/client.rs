@@ -727,17 +727,43 @@ impl Task {
     }
 
     /// One text frame: apply `sync` packets to the mirror, then dispatch to subscribers
-    /// (non-JSON text is ignored). Without a mirror the frame is
-    /// only scanned for its type and `pId`; subscribers parse it if they ask for its value.
+    /// (non-JSON text is ignored). With a mirror the frame is parsed once into a [`Value`];
+    /// without one it is only scanned for its type and `pId`, and subscribers parse it if
+    /// they ask for its value.
     fn on_text(&mut self, text: Utf8Bytes, synced: &mut bool) {
-        // Without a mirror, a frame shaped as servers write it is not scanned at all (it is
-        // parsed, and so validated, when a subscriber reads its value).
-        let fast = if self.options.mirror {
-            None
+        if self.options.mirror {
+            self.on_text_mirrored(text, synced);
         } else {
-            packet_head(&text)
+            self.on_text_unmirrored(text, synced);
+        }
+    }
+
+    fn on_text_mirrored(&mut self, text: Utf8Bytes, synced: &mut bool) {
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            return;
         };
-        let (kind, raw_value): (Option<String>, Option<&str>) = match fast {
+        let kind = frame.get("type").and_then(Value::as_str).map(str::to_owned);
+        if kind.as_deref() == Some("sync")
+            && let Some(patch @ Value::Object(map)) = frame.get("value")
+        {
+            let has_pid = map.get("pId").is_some_and(Value::is_string);
+            let reset = has_pid && !*synced;
+            self.view.send_modify(|v| {
+                if reset {
+                    v.mirror = ClientMirror::new();
+                    v.syncs += 1;
+                }
+                v.mirror.apply(patch);
+            });
+            self.synced_if(has_pid, synced);
+        }
+        self.shared.dispatch(Event::new(kind, text, Some(frame)));
+    }
+
+    fn on_text_unmirrored(&mut self, text: Utf8Bytes, synced: &mut bool) {
+        // A frame shaped as servers write it is not scanned at all (it is parsed, and so
+        // validated, when a subscriber reads its value).
+        let (kind, raw_value): (Option<String>, Option<&str>) = match packet_head(&text) {
             Some((kind, value)) => (Some(kind.to_owned()), Some(value)),
             None => match serde_json::from_str::<FrameHead<'_>>(&text) {
                 Ok(head) if text.trim_start().starts_with('{') => (
@@ -755,7 +781,6 @@ impl Task {
                 }
             },
         };
-        let mut parsed = None;
         if kind.as_deref() == Some("sync")
             && let Some(raw) = raw_value
             && raw.starts_with('{')
@@ -768,22 +793,9 @@ impl Task {
                 .and_then(|p| p.pid)
                 .and_then(|p| serde_json::from_str::<String>(p.get()).ok());
             let has_pid = pid.is_some();
-            // The first pId packet of a connection carries the full state: start afresh.
-            let reset = has_pid && !*synced;
-            if self.options.mirror {
-                let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                if let Some(patch) = frame.get("value") {
-                    self.view.send_modify(|v| {
-                        if reset {
-                            v.mirror = ClientMirror::new();
-                            v.syncs += 1;
-                        }
-                        v.mirror.apply(patch);
-                    });
-                }
-                parsed = Some(frame);
-            } else if let Some(pid) = pid {
+            if let Some(pid) = pid {
                 // No mirror: keep only the public id (and the connection count).
+                let reset = !*synced;
                 let mut only_pid = serde_json::Map::new();
                 only_pid.insert("pId".to_owned(), Value::String(pid));
                 let only_pid = Value::Object(only_pid);
@@ -795,12 +807,17 @@ impl Task {
                     v.mirror.apply(&only_pid);
                 });
             }
-            if has_pid {
-                *synced = true;
-                self.report_first(Ok(()));
-            }
+            self.synced_if(has_pid, synced);
         }
-        self.shared.dispatch(Event::new(kind, text, parsed));
+        self.shared.dispatch(Event::new(kind, text, None));
+    }
+
+    /// A sync packet with a `pId` is the first of a connection: the client is synced.
+    fn synced_if(&mut self, has_pid: bool, synced: &mut bool) {
+        if has_pid {
+            *synced = true;
+            self.report_first(Ok(()));
+        }
     }
 }
 

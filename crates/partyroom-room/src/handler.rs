@@ -57,9 +57,12 @@ fn deserialize<T: DeserializeOwned>(value: Option<&RawValue>) -> Result<T, Rejec
     T::deserialize(TextObjectsOnly(text)).map_err(|e| Rejection::InvalidValue(e.to_string()))
 }
 
-/// [`ObjectsOnly`] straight over the JSON text: the value is read once, without building a
-/// [`Value`] first. Only a struct read from something other than an object takes the
-/// [`Value`] route, for its error.
+/// A deserializer over an action's JSON text that refuses to read a struct from anything but
+/// an object.
+///
+/// serde reads structs from sequences too (`[300, 300]` as `{x, y}`), which is not what an
+/// action schema means: `{x: number, y: number}` must be an object. The text is read once,
+/// without building a [`Value`] first.
 struct TextObjectsOnly<'a>(&'a str);
 
 impl<'a> TextObjectsOnly<'a> {
@@ -91,8 +94,12 @@ impl<'de> serde::Deserializer<'de> for TextObjectsOnly<'de> {
     ) -> Result<V::Value, Self::Error> {
         // RawValue text has no leading whitespace.
         if !self.0.starts_with('{') {
+            // Parsed only to name what was found instead (or to report bad JSON).
             let value: Value = serde_json::from_str(self.0)?;
-            return ObjectsOnly(value).deserialize_struct(name, fields, v);
+            return Err(serde::de::Error::invalid_type(
+                unexpected(&value),
+                &"an object",
+            ));
         }
         self.read(|de| serde::Deserializer::deserialize_struct(de, name, fields, v))
     }
@@ -125,61 +132,6 @@ impl<'de> serde::Deserializer<'de> for TextObjectsOnly<'de> {
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
         bytes byte_buf unit_struct seq tuple tuple_struct map identifier ignored_any
-    }
-}
-
-/// A deserializer over a JSON value that refuses to read a struct from an array.
-///
-/// serde reads structs from sequences too (`[300, 300]` as `{x, y}`), which is not what an
-/// action schema means: `{x: number, y: number}` must be an object.
-struct ObjectsOnly(Value);
-
-impl<'de> serde::Deserializer<'de> for ObjectsOnly {
-    type Error = serde_json::Error;
-
-    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
-        self.0.deserialize_any(v)
-    }
-
-    fn deserialize_struct<V: serde::de::Visitor<'de>>(
-        self,
-        name: &'static str,
-        fields: &'static [&'static str],
-        v: V,
-    ) -> Result<V::Value, Self::Error> {
-        if !self.0.is_object() {
-            return Err(serde::de::Error::invalid_type(
-                unexpected(&self.0),
-                &"an object",
-            ));
-        }
-        self.0.deserialize_struct(name, fields, v)
-    }
-
-    fn deserialize_enum<V: serde::de::Visitor<'de>>(
-        self,
-        name: &'static str,
-        variants: &'static [&'static str],
-        v: V,
-    ) -> Result<V::Value, Self::Error> {
-        self.0.deserialize_enum(name, variants, v)
-    }
-
-    fn deserialize_option<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
-        self.0.deserialize_option(v)
-    }
-
-    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
-        self,
-        name: &'static str,
-        v: V,
-    ) -> Result<V::Value, Self::Error> {
-        self.0.deserialize_newtype_struct(name, v)
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier ignored_any
     }
 }
 

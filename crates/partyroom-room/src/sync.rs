@@ -66,7 +66,7 @@ impl SyncScheduler {
         !self.throttle.is_zero() && self.window_end.is_some_and(|end| now < end)
     }
 
-    /// The end of the current throttle window, if one is open.
+    /// The end of the current throttle window, or of the last one (then in the past).
     pub(crate) fn window_end(&self) -> Option<Instant> {
         self.window_end
     }

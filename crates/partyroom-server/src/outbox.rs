@@ -126,12 +126,12 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn enqueue(&self, entry: Pending, bounded: bool) -> SinkStatus {
+    fn enqueue(&self, entry: Pending) -> SinkStatus {
         let mut st = self.lock();
         if st.dead || st.closing {
             return SinkStatus::Gone;
         }
-        if bounded && st.queue.len() >= self.max_queued {
+        if st.queue.len() >= self.max_queued {
             return SinkStatus::Full;
         }
         self.push_locked(&mut st, entry)
@@ -167,7 +167,7 @@ impl Outbox {
 
     /// Answer a ping. Dropped when the connection is closing or its queue is full.
     pub(crate) fn pong(&self, payload: Bytes) {
-        let _ = self.enqueue(Pending::frame(OP_PONG, payload), true);
+        let _ = self.enqueue(Pending::frame(OP_PONG, payload));
     }
 
     /// Write what is queued to the socket, waiting for it to become writable as needed.
@@ -231,11 +231,9 @@ impl Outbox {
         let mut st = self.lock();
         let mut out = Vec::with_capacity(st.queue.len() * 2);
         for p in st.queue.drain(..) {
-            if p.header_len > 0 {
-                out.push(Bytes::copy_from_slice(
-                    &p.header[..usize::from(p.header_len)],
-                ));
-            }
+            out.push(Bytes::copy_from_slice(
+                &p.header[..usize::from(p.header_len)],
+            ));
             out.push(p.payload);
         }
         st.written = 0;
@@ -258,7 +256,7 @@ impl Outbox {
 
 impl ConnectionSink for Outbox {
     fn send(&self, frame: Bytes) -> SinkStatus {
-        self.enqueue(Pending::frame(OP_TEXT, frame), true)
+        self.enqueue(Pending::frame(OP_TEXT, frame))
     }
 
     fn close(&self, frame: CloseFrame) {

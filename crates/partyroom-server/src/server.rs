@@ -345,10 +345,6 @@ async fn upgrade(
     if !admitted {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Room unavailable");
     }
-    let limits = (
-        shared.config.max_message_bytes,
-        shared.config.read_buffer_bytes,
-    );
     let shared2 = shared.clone();
     let response = handshake.response();
     let on_upgrade = handshake.on_upgrade;
@@ -359,7 +355,7 @@ async fn upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let (reader, writer) = socket_parts(upgraded, &outbox, limits);
+        let (reader, writer) = socket_parts(upgraded, &outbox, &shared2.config);
         let mut room = room;
         let mut prepared = Some(first);
         for attempt in 1..=3 {
@@ -409,8 +405,9 @@ async fn upgrade(
 fn socket_parts(
     upgraded: Upgraded,
     outbox: &Arc<Outbox>,
-    (max_message, read_chunk): (usize, usize),
+    config: &ServerConfig,
 ) -> (FrameReader, Writer) {
+    let (max_message, read_chunk) = (config.max_message_bytes, config.read_buffer_bytes);
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (read, write) = parts.io.into_inner().into_split();

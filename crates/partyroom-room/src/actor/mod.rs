@@ -161,9 +161,9 @@ pub(crate) struct RoomActor<R: Room> {
     /// Connections waiting for their first packet while automatic sync is off.
     pending_initial: Vec<ConnId>,
     transfers: HashMap<String, Transfer>,
-    /// Message handlers changed state that is not flushed yet (see `run`).
+    /// Message handlers changed state that is not flushed yet (see `handle_batch`).
     unflushed: bool,
-    /// A batch of mailbox messages is being handled (see `run`).
+    /// A batch of mailbox messages is being handled (see `handle_batch`).
     in_batch: bool,
     /// Clients that joined during the current batch and wait for their first packet.
     batch_initial: Vec<ConnId>,
@@ -426,7 +426,7 @@ impl<R: Room> RoomActor<R> {
     fn on_timer(&mut self) {
         let now = Instant::now();
         if self.unflushed && !self.sync.window_open(now) {
-            // The changes kept for the end of the throttle window (see `run`).
+            // The changes kept for the end of the throttle window (see `handle_batch`).
             self.flush_state();
         }
         if let Some(patch) = self.sync.fire(now) {
@@ -843,7 +843,7 @@ impl<R: Room> RoomActor<R> {
     // ----- actions ------------------------------------------------------------------------
 
     /// Flush now, or leave the changes for the end of the batch of mailbox messages being
-    /// handled (see `run`) when nothing but state changes was asked for.
+    /// handled (see `handle_batch`) when nothing but state changes was asked for.
     fn flush_or_defer(&mut self) {
         if self.in_batch && self.effects.is_empty() {
             self.unflushed = true;
@@ -981,14 +981,13 @@ impl<R: Room> RoomActor<R> {
         let flush = self.tracker.flush();
         self.persist
             .rows_changed(flush.persist.rows(), self.config.throttle_storage);
+        // Clients that joined in this batch get the snapshot instead of the patch.
+        let joined = std::mem::take(&mut self.batch_initial);
         if let Some(patch) = flush.sync {
             if self.auto_sync {
-                // Clients that joined in this batch get the snapshot below instead.
-                let joined = std::mem::take(&mut self.batch_initial);
                 for ready in self.sync.push(patch, Instant::now()) {
                     self.send_patch_except(&ready, &joined);
                 }
-                self.batch_initial = joined;
             } else {
                 match self.manual_pending.last_mut() {
                     Some(last) if partyroom_state::patch::can_merge(last, &patch) => {
@@ -998,8 +997,7 @@ impl<R: Room> RoomActor<R> {
                 }
             }
         }
-        if !self.batch_initial.is_empty() {
-            let joined = std::mem::take(&mut self.batch_initial);
+        if !joined.is_empty() {
             self.send_initials(joined);
         }
     }
@@ -1141,7 +1139,7 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// How many times a batch of messages may yield to the runtime to collect more (see `run`).
+/// How many times a batch of messages may yield to the runtime to collect more (see `handle_batch`).
 const MAX_BATCH_YIELDS: u32 = 8;
 
 const ID_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
