@@ -33,6 +33,23 @@ pub trait ConnectionSink: Send + Sync + 'static {
     /// Close the connection with `frame`. Frames already accepted are sent first, except when
     /// the code is 1013 (the client is too slow: what it has not read is dropped).
     fn close(&self, frame: CloseFrame);
+
+    /// Hold this connection's small messages back (`true`) instead of delivering each one as
+    /// it arrives, or stop holding them (`false`). Held messages wait in the transport until
+    /// [`drain_held`](Self::drain_held). A room with a sync throttle holds the reads of clients
+    /// that send in window after window, so that they do not wake it once per message (see
+    /// "Held reads" in the architecture notes). Returns whether the transport can hold reads;
+    /// by default it cannot, and the room then never asks again.
+    fn hold_reads(&self, hold: bool) -> bool {
+        let _ = hold;
+        false
+    }
+
+    /// Deliver the held messages now: read what has arrived, hand each message to the room with
+    /// [`RoomHandle::message`](crate::RoomHandle::message), then call
+    /// [`RoomHandle::drained`](crate::RoomHandle::drained). Must not block: the reading is done
+    /// by the connection's own task. Called only on a sink whose reads are held.
+    fn drain_held(&self) {}
 }
 
 /// Where the room writes a connection's frames.
@@ -205,6 +222,21 @@ impl ConnInfo {
 pub(crate) struct Conn {
     pub(crate) info: Arc<ConnInfo>,
     pub(crate) out: Outgoing,
+    /// Held reads (see `actor::held_reads`).
+    pub(crate) reads: ReadHold,
+}
+
+/// A connection's held-reads state, kept by the room.
+#[derive(Debug, Default)]
+pub(crate) struct ReadHold {
+    /// Its transport holds its messages back until asked to drain.
+    pub(crate) held: bool,
+    /// A drain was asked for and not answered yet.
+    pub(crate) drain_pending: bool,
+    /// Its transport cannot hold reads: never ask again.
+    pub(crate) unsupported: bool,
+    /// The sync window (`SyncScheduler::windows`) of its last message.
+    pub(crate) last_window: Option<u64>,
 }
 
 /// Result of queueing a frame.
@@ -230,6 +262,29 @@ impl Conn {
                 SinkStatus::Full => Push::Full,
                 SinkStatus::Gone => Push::Gone,
             },
+        }
+    }
+
+    pub(crate) fn new(info: Arc<ConnInfo>, out: Outgoing) -> Self {
+        Self {
+            info,
+            out,
+            reads: ReadHold::default(),
+        }
+    }
+
+    /// See [`ConnectionSink::hold_reads`]; channels cannot hold reads.
+    pub(crate) fn hold_reads(&self, hold: bool) -> bool {
+        match &self.out {
+            Outgoing::Channels { .. } => false,
+            Outgoing::Sink(sink) => sink.hold_reads(hold),
+        }
+    }
+
+    /// See [`ConnectionSink::drain_held`].
+    pub(crate) fn drain_held(&self) {
+        if let Outgoing::Sink(sink) = &self.out {
+            sink.drain_held();
         }
     }
 

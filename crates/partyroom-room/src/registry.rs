@@ -106,6 +106,17 @@ impl RoomHandle {
             .map_err(|_| RoomGone)
     }
 
+    /// Answer a drain of held reads ([`ConnectionSink::drain_held`]), after handing over the
+    /// messages it found with [`message`](Self::message); `delivered`: there were some.
+    ///
+    /// [`ConnectionSink::drain_held`]: crate::ConnectionSink::drain_held
+    pub async fn drained(&self, conn: ConnId, delivered: bool) -> Result<(), RoomGone> {
+        self.tx
+            .send(RoomMsg::Drained(conn, delivered))
+            .await
+            .map_err(|_| RoomGone)
+    }
+
     /// Tell the room a client went away.
     pub async fn disconnect(&self, conn: ConnId) {
         let _ = self.tx.send(RoomMsg::Disconnect(conn)).await;

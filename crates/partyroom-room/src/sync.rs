@@ -14,6 +14,8 @@ pub(crate) struct SyncScheduler {
     throttle: Duration,
     pending: Option<Value>,
     window_end: Option<Instant>,
+    /// How many windows have opened so far.
+    windows: u64,
 }
 
 impl SyncScheduler {
@@ -22,6 +24,7 @@ impl SyncScheduler {
             throttle,
             pending: None,
             window_end: None,
+            windows: 0,
         }
     }
 
@@ -49,6 +52,7 @@ impl SyncScheduler {
                 // The window is over (or there was none): what waited goes first, then this
                 // patch, and a new window starts.
                 self.window_end = Some(now + self.throttle);
+                self.windows += 1;
                 match self.pending.take() {
                     None => vec![patch],
                     Some(mut pending) if can_merge(&pending, &patch) => {
@@ -71,6 +75,16 @@ impl SyncScheduler {
         self.window_end
     }
 
+    /// How many windows have opened so far: the number of the current (or last) one.
+    pub(crate) fn windows(&self) -> u64 {
+        self.windows
+    }
+
+    /// The throttle (zero: none).
+    pub(crate) fn throttle(&self) -> Duration {
+        self.throttle
+    }
+
     /// When the trailing edge is due.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         if self.pending.is_some() {
@@ -86,6 +100,7 @@ impl SyncScheduler {
             Some(end) if now >= end => {
                 let pending = self.pending.take();
                 self.window_end = pending.as_ref().map(|_| now + self.throttle);
+                self.windows += u64::from(pending.is_some());
                 pending
             }
             _ => None,

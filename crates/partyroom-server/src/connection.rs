@@ -4,12 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use partyroom_room::{CloseFrame, ConnId, ConnectionSink, RoomHandle};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame_reader::{FrameReader, Incoming};
+use crate::frame_reader::{FrameReader, Incoming, ReadError};
 use crate::outbox::Outbox;
 
 /// How long a closing connection may take to write its last frames.
@@ -51,6 +53,59 @@ pub(crate) struct Connection {
     pub(crate) messages_per_second: u32,
 }
 
+/// Most messages one drain of held reads hands over; the rest waits for the next drain.
+const DRAIN_MAX_MESSAGES: usize = 64;
+
+/// What the connection does with what its reader returned.
+enum Step {
+    /// A message for the room.
+    Deliver(Bytes),
+    /// Nothing for the room (a ping, answered; a binary frame that is not UTF-8, dropped).
+    Skip,
+    /// The connection is over (a close frame, answered; a protocol error, closed with its code).
+    Stop,
+}
+
+fn step(
+    read: Result<Incoming, ReadError>,
+    outbox: &Outbox,
+    room: &RoomHandle,
+    conn: ConnId,
+) -> Step {
+    match read {
+        Ok(Incoming::Message { payload, text }) => {
+            // Binary frames are read as UTF-8 text, like the Node adapter does; those that are
+            // not UTF-8 are dropped.
+            if !text && std::str::from_utf8(&payload).is_err() {
+                return Step::Skip;
+            }
+            Step::Deliver(payload)
+        }
+        Ok(Incoming::Ping(payload)) => {
+            outbox.pong(payload);
+            Step::Skip
+        }
+        Ok(Incoming::Close(code)) => {
+            // The reply echoes the client's code (ignored if we closed first).
+            outbox.close(CloseFrame {
+                code: code.unwrap_or(1000),
+                reason: String::new(),
+            });
+            Step::Stop
+        }
+        Err(e) => {
+            if let Some(code) = e.close_code() {
+                tracing::debug!(room = room.id(), conn, error = %e, "closing connection");
+                outbox.close(CloseFrame {
+                    code,
+                    reason: e.to_string(),
+                });
+            }
+            Step::Stop
+        }
+    }
+}
+
 /// Drive one connected client until either side closes or the server shuts down.
 pub(crate) async fn run(c: Connection) {
     let Connection {
@@ -66,15 +121,54 @@ pub(crate) async fn run(c: Connection) {
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     let mut shutting_down = false;
-    // One waiter registration for the life of the connection, renewed only when it fires.
+    // One waiter registration each for the life of the connection, renewed only when it fires.
     let woken = outbox.wake.notified();
     tokio::pin!(woken);
+    let drain = outbox.drain.notified();
+    tokio::pin!(drain);
     loop {
         tokio::select! {
             biased;
             () = &mut woken => {
                 woken.set(outbox.wake.notified());
                 if writer.flush(&outbox).await.is_err() || outbox.closed_and_flushed() {
+                    break;
+                }
+            }
+            () = &mut drain => {
+                // Held reads (see `low_water`): hand over what arrived, then answer.
+                drain.set(outbox.drain.notified());
+                let mut delivered = false;
+                let mut over = false;
+                reader.begin_drain();
+                for _ in 0..DRAIN_MAX_MESSAGES {
+                    let read = match reader.try_next() {
+                        Ok(None) => break,
+                        Ok(Some(incoming)) => Ok(incoming),
+                        Err(e) => Err(e),
+                    };
+                    let text = match step(read, &outbox, &room, conn) {
+                        Step::Deliver(text) => text,
+                        Step::Skip => continue,
+                        Step::Stop => {
+                            over = true;
+                            break;
+                        }
+                    };
+                    if !bucket.take() {
+                        tracing::debug!(room = room.id(), conn, "message dropped: rate limit");
+                        continue;
+                    }
+                    if room.message(conn, text).await.is_err() {
+                        over = true;
+                        break;
+                    }
+                    delivered = true;
+                    #[cfg(test)]
+                    tests::DRAINED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                // When the connection is over, its disconnect answers for it.
+                if over || room.drained(conn, delivered).await.is_err() {
                     break;
                 }
             }
@@ -85,38 +179,11 @@ pub(crate) async fn run(c: Connection) {
                     reason: "server shutting down".into(),
                 });
             }
-            incoming = reader.next() => {
-                let text = match incoming {
-                    Ok(Incoming::Message { payload, text }) => {
-                        // Binary frames are read as UTF-8 text, like the Node adapter does;
-                        // those that are not UTF-8 are dropped.
-                        if !text && std::str::from_utf8(&payload).is_err() {
-                            continue;
-                        }
-                        payload
-                    }
-                    Ok(Incoming::Ping(payload)) => {
-                        outbox.pong(payload);
-                        continue;
-                    }
-                    Ok(Incoming::Close(code)) => {
-                        // The reply echoes the client's code (ignored if we closed first).
-                        outbox.close(CloseFrame {
-                            code: code.unwrap_or(1000),
-                            reason: String::new(),
-                        });
-                        break;
-                    }
-                    Err(e) => {
-                        if let Some(code) = e.close_code() {
-                            tracing::debug!(room = room.id(), conn, error = %e, "closing connection");
-                            outbox.close(CloseFrame {
-                                code,
-                                reason: e.to_string(),
-                            });
-                        }
-                        break;
-                    }
+            read = reader.next() => {
+                let text = match step(read, &outbox, &room, conn) {
+                    Step::Deliver(text) => text,
+                    Step::Skip => continue,
+                    Step::Stop => break,
                 };
                 if !bucket.take() {
                     tracing::debug!(room = room.id(), conn, "message dropped: rate limit");
@@ -175,7 +242,103 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::TokenBucket;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
+
+    use futures_util::{FutureExt, SinkExt, StreamExt};
+    use partyroom_room::{Handlers, Room, RoomConfig, Rooms};
+    use partyroom_state::State;
+    use serde_json::Value;
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// Messages handed to a room by drains of held reads, so far.
+    pub(super) static DRAINED: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(State, Default, Clone)]
+    struct Tally {
+        count: i64,
+    }
+
+    impl Room for Tally {
+        fn config() -> RoomConfig {
+            RoomConfig::new("tally").throttle_sync(Duration::from_millis(16))
+        }
+        fn handlers(h: &mut Handlers<Self>) {
+            h.action("inc", |t: &mut Self, _cx, ()| t.count += 1);
+        }
+    }
+
+    /// Clients that send in every window have their reads held and drained at each window's
+    /// end (over real sockets); no message is lost, pings are still answered, and the last
+    /// messages arrive although nothing signals them.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn held_reads_over_real_sockets_lose_nothing() {
+        const CLIENTS: usize = 4;
+        const EACH: usize = 120;
+        let rooms = Rooms::builder().room::<Tally>("main").unwrap().build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::Server::new(rooms).serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        let raised = crate::low_water::RAISED.load(Ordering::Relaxed);
+        let drained = DRAINED.load(Ordering::Relaxed);
+        let mut senders = Vec::new();
+        for _ in 0..CLIENTS {
+            let url = format!("ws://{addr}/parties/main/tally");
+            let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            senders.push(tokio::spawn(async move {
+                let (mut tx, mut rx) = ws.split();
+                let inc = r#"{"action":"inc","value":null}"#;
+                let mut pongs = 0;
+                for i in 0..EACH {
+                    tx.send(Message::text(inc)).await.unwrap();
+                    if i % 40 == 0 {
+                        tx.send(Message::Ping(vec![1, 2, 3].into())).await.unwrap();
+                    }
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    while let Some(Some(Ok(m))) = rx.next().now_or_never() {
+                        pongs += usize::from(matches!(m, Message::Pong(_)));
+                    }
+                }
+                // Read until the room has counted every client's messages.
+                let total = (CLIENTS * EACH) as i64;
+                let seen = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Some(Ok(m)) = rx.next().await {
+                        match m {
+                            Message::Pong(_) => pongs += 1,
+                            Message::Text(t) => {
+                                let v: Value = serde_json::from_str(&t).unwrap();
+                                if v["value"]["count"].as_i64() == Some(total) {
+                                    return true;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    false
+                })
+                .await;
+                (seen == Ok(true), pongs)
+            }));
+        }
+        for s in senders {
+            let (complete, pongs) = s.await.unwrap();
+            assert!(complete, "every message counted");
+            assert_eq!(pongs, EACH.div_ceil(40), "every ping answered");
+        }
+        assert!(
+            crate::low_water::RAISED.load(Ordering::Relaxed) > raised,
+            "steady senders have their reads held"
+        );
+        assert!(
+            DRAINED.load(Ordering::Relaxed) > drained,
+            "held messages are delivered by drains"
+        );
+        let _ = stop.send(());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bucket_allows_bursts_then_the_rate() {

@@ -16,6 +16,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::tcp::OwnedReadHalf;
 
+/// Bytes read per `recv` when draining held reads (see [`FrameReader::try_next`]).
+const DRAIN_CHUNK: usize = 4096;
+
 const OP_CONTINUATION: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
@@ -85,6 +88,8 @@ pub(crate) struct FrameReader {
     max_message: usize,
     /// Bytes asked of the source per read (more when a frame needs more).
     read_chunk: usize,
+    /// The last read of this drain returned less than asked: the socket is empty.
+    drained: bool,
 }
 
 impl FrameReader {
@@ -101,6 +106,7 @@ impl FrameReader {
             fragments: None,
             max_message,
             read_chunk: read_chunk.max(64),
+            drained: false,
         }
     }
 
@@ -116,6 +122,62 @@ impl FrameReader {
             }
             self.fill().await?;
         }
+    }
+
+    /// The next message, ping or close that can be had without waiting: parsed from what is
+    /// buffered, or from what a non-blocking read of the socket returns. `Ok(None)`: nothing
+    /// complete is there (the bytes of an incomplete frame stay buffered).
+    ///
+    /// The socket is read directly, not through tokio, whose cached readiness would report
+    /// nothing: this is how held reads (see `low_water`) are drained, and the kernel does not
+    /// signal data below the low-water mark.
+    ///
+    /// Call [`begin_drain`](Self::begin_drain) before the first call of a drain: within one,
+    /// a read that returned less than it asked for means the socket is empty, and the next
+    /// call does not read again.
+    pub(crate) fn try_next(&mut self) -> Result<Option<Incoming>, ReadError> {
+        loop {
+            if let Some(incoming) = self.parse()? {
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new();
+                }
+                return Ok(Some(incoming));
+            }
+            let Source::Tcp(socket) = &self.source else {
+                return Ok(None);
+            };
+            if self.drained {
+                return Ok(None);
+            }
+            // Read on the stack and keep only what came: a drain usually finds one small
+            // message, and a buffer of `read_chunk` per drain would cost an allocation and
+            // its zeroing each time.
+            let mut chunk = [0u8; DRAIN_CHUNK];
+            let read = rustix::net::recv(
+                socket.as_ref(),
+                &mut chunk[..],
+                rustix::net::RecvFlags::DONTWAIT,
+            );
+            match read {
+                Ok((0, _)) => return Err(ReadError::Ended),
+                Ok((n, _)) => {
+                    self.drained = n < chunk.len();
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+                    if self.buf.is_empty() {
+                        self.buf = BytesMut::new();
+                    }
+                    return Ok(None);
+                }
+                Err(_) => return Err(ReadError::Ended),
+            }
+        }
+    }
+
+    /// Start a drain: [`try_next`](Self::try_next) reads the socket again.
+    pub(crate) fn begin_drain(&mut self) {
+        self.drained = false;
     }
 
     /// Read more bytes into the buffer.
@@ -345,6 +407,56 @@ mod tests {
     }
 
     const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+    /// `try_next` reads the socket itself: with the low-water mark raised, tokio never learns
+    /// that data came, yet every complete message is returned, and an incomplete frame waits.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn try_next_reads_held_data_without_readiness() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let server = tokio::net::TcpStream::from_std(server).unwrap();
+        assert!(crate::low_water::set(&server, crate::low_water::HELD));
+        let (read, _write) = server.into_split();
+        let mut r = FrameReader::new(Source::Tcp(read), &[], 1 << 16, 4096);
+        r.begin_drain();
+        assert_eq!(r.try_next(), Ok(None), "nothing yet");
+        let mut bytes = frame(true, OP_TEXT, b"one", MASK);
+        bytes.extend(frame(true, OP_PING, b"p", MASK));
+        bytes.extend(frame(true, OP_TEXT, b"two", MASK));
+        let third = frame(true, OP_TEXT, b"three", MASK);
+        bytes.extend(&third[..4]);
+        client.write_all(&bytes).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(r.try_next(), Ok(Some(text("one"))));
+        assert_eq!(
+            r.try_next(),
+            Ok(Some(Incoming::Ping(Bytes::from_static(b"p"))))
+        );
+        assert_eq!(r.try_next(), Ok(Some(text("two"))));
+        assert_eq!(r.try_next(), Ok(None), "the third is incomplete");
+        client.write_all(&third[4..]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(r.try_next(), Ok(None), "a short read ended this drain");
+        r.begin_drain();
+        assert_eq!(r.try_next(), Ok(Some(text("three"))));
+        assert_eq!(r.try_next(), Ok(None));
+        // More than one read's worth is read in as many reads as it takes.
+        let big = "x".repeat(3 * DRAIN_CHUNK);
+        client
+            .write_all(&frame(true, OP_TEXT, big.as_bytes(), MASK))
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        r.begin_drain();
+        assert_eq!(r.try_next(), Ok(Some(text(&big))));
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        r.begin_drain();
+        assert_eq!(r.try_next(), Err(ReadError::Ended), "the end is reported");
+    }
 
     /// Hands out its bytes in pieces of at most `piece` bytes, one piece per read.
     struct Pieces {

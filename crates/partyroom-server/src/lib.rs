@@ -16,6 +16,7 @@ mod connection;
 mod frame_reader;
 mod handshake;
 mod listener;
+mod low_water;
 mod outbox;
 pub mod path;
 mod server;

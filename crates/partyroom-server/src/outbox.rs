@@ -20,6 +20,8 @@ use partyroom_room::{CloseFrame, ConnectionSink, SinkStatus};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+use crate::low_water;
+
 /// Most queued frames written by one `writev` (each is two slices: header and payload).
 const WRITEV_FRAMES: usize = 32;
 
@@ -98,6 +100,8 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     /// Wakes the connection task when something is queued (or the connection is closing).
     pub(crate) wake: Notify,
+    /// Asks the connection task to drain its held reads (see `low_water`).
+    pub(crate) drain: Notify,
     /// The socket, for direct writes; unset until the upgrade completes, and never set for
     /// transports that are not a plain TCP stream (their frames always go through the queue).
     direct: OnceLock<Arc<OwnedWriteHalf>>,
@@ -110,6 +114,7 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            drain: Notify::new(),
             direct: OnceLock::new(),
             max_queued: max_queued.max(1),
         }
@@ -274,6 +279,20 @@ impl ConnectionSink for Outbox {
         let _ = self.push_locked(&mut st, Pending::frame(OP_CLOSE, close_payload(&frame)));
         // The connection task ends the connection once the close frame is out.
         self.wake.notify_one();
+    }
+
+    /// Held reads work on a plain TCP socket (on Linux): the socket's receive low-water mark
+    /// is raised so that the kernel does not signal each small message.
+    fn hold_reads(&self, hold: bool) -> bool {
+        let Some(socket) = self.direct.get() else {
+            return false;
+        };
+        let mark = if hold { low_water::HELD } else { 1 };
+        low_water::set(socket.as_ref().as_ref(), mark)
+    }
+
+    fn drain_held(&self) {
+        self.drain.notify_one();
     }
 }
 

@@ -25,6 +25,7 @@ use crate::registry::{RoomHandle, Rooms};
 use crate::room::Room;
 use crate::sync::{InitialBody, SyncScheduler, initial_packet_with, json_frame, sync_packet};
 
+mod held_reads;
 mod persist;
 mod sessions;
 pub(crate) use persist::Persistence;
@@ -36,6 +37,8 @@ pub(crate) enum RoomMsg {
         oneshot::Sender<Result<ConnId, ConnectError>>,
     ),
     Message(ConnId, Bytes),
+    /// A held connection answered a drain (see `held_reads`): whether it delivered messages.
+    Drained(ConnId, bool),
     Disconnect(ConnId),
     Request(RoomRequest, oneshot::Sender<RoomResponse>),
     /// Save everything, close every connection (1001) and stop.
@@ -53,6 +56,7 @@ impl std::fmt::Debug for RoomMsg {
         f.write_str(match self {
             RoomMsg::Connect(..) => "Connect",
             RoomMsg::Message(..) => "Message",
+            RoomMsg::Drained(..) => "Drained",
             RoomMsg::Disconnect(..) => "Disconnect",
             RoomMsg::Request(..) => "Request",
             RoomMsg::Shutdown(..) => "Shutdown",
@@ -167,6 +171,8 @@ pub(crate) struct RoomActor<R: Room> {
     in_batch: bool,
     /// Clients that joined during the current batch and wait for their first packet.
     batch_initial: Vec<ConnId>,
+    /// Connections whose reads are held until the end of each sync window.
+    held_reads: held_reads::HeldReads,
     /// Since when the room has had no connection (for unloading).
     idle_since: Option<Instant>,
 }
@@ -247,6 +253,7 @@ impl<R: Room> RoomActor<R> {
             unflushed: false,
             in_batch: false,
             batch_initial: Vec::new(),
+            held_reads: held_reads::HeldReads::default(),
         }
     }
 
@@ -267,7 +274,7 @@ impl<R: Room> RoomActor<R> {
                     shutdown = self.handle_batch(msg, &mut mailbox).await;
                 }
                 done = self.persist.written() => self.on_written(done),
-                () = sleep_until(deadline) => self.on_timer(),
+                () = sleep_until(deadline) => self.on_timer(!mailbox.is_empty()),
             }
             self.maybe_save();
             if let Some(reply) = shutdown.take() {
@@ -316,6 +323,7 @@ impl<R: Room> RoomActor<R> {
             let batchable = matches!(
                 msg,
                 RoomMsg::Message(..)
+                    | RoomMsg::Drained(..)
                     | RoomMsg::Connect(..)
                     | RoomMsg::Admit(..)
                     | RoomMsg::Disconnect(..)
@@ -353,11 +361,17 @@ impl<R: Room> RoomActor<R> {
         // Inside a sync throttle window the changes stay in the tracker until the window ends
         // (one flush per window instead of one per message); otherwise they are flushed now.
         // Clients that joined in the batch get their first packet now either way.
-        if self.unflushed
-            && (!self.sync.window_open(Instant::now()) || !self.batch_initial.is_empty())
-        {
-            self.flush_state();
-            self.drop_slow();
+        // A window-end flush first drains the held connections and waits for their messages.
+        if self.unflushed {
+            let now = Instant::now();
+            let window_over = !self.sync.window_open(now);
+            if window_over {
+                self.start_drain_if_due(now);
+            }
+            if (window_over && !self.held_reads.draining()) || !self.batch_initial.is_empty() {
+                self.flush_state();
+                self.drop_slow();
+            }
         }
         shutdown
     }
@@ -369,6 +383,7 @@ impl<R: Room> RoomActor<R> {
                 let _ = reply.send(result);
             }
             RoomMsg::Message(conn, text) => self.on_message(conn, &text),
+            RoomMsg::Drained(conn, delivered) => self.on_drained(conn, delivered),
             RoomMsg::Disconnect(conn) => self.on_disconnect(conn),
             RoomMsg::Request(req, reply) => {
                 let response = self.on_request(&req);
@@ -409,7 +424,11 @@ impl<R: Room> RoomActor<R> {
         };
         [
             self.sync.deadline(),
-            self.sync.window_end().filter(|_| self.unflushed),
+            self.sync
+                .window_end()
+                .filter(|_| self.unflushed && !self.held_reads.draining()),
+            self.held_reads
+                .deadline(self.sync.window_end(), self.sync.throttle()),
             self.expiries.first().map(|(t, _)| *t),
             self.persist.deadline(),
             unload,
@@ -423,9 +442,11 @@ impl<R: Room> RoomActor<R> {
         .min()
     }
 
-    fn on_timer(&mut self) {
+    /// What fell due. `mail_waiting`: the mailbox is not empty (drain answers may be in it).
+    fn on_timer(&mut self, mail_waiting: bool) {
         let now = Instant::now();
-        if self.unflushed && !self.sync.window_open(now) {
+        self.drive_held_reads(now, mail_waiting);
+        if self.unflushed && !self.sync.window_open(now) && !self.held_reads.draining() {
             // The changes kept for the end of the throttle window (see `handle_batch`).
             self.flush_state();
         }
@@ -593,7 +614,7 @@ impl<R: Room> RoomActor<R> {
         // is not listed yet; when it is flushed at the end of the batch, the new client gets
         // it too, which changes nothing for it.
         self.flush_or_defer();
-        let conn = Conn { info, out };
+        let conn = Conn::new(info, out);
         self.conns.insert(conn_id, conn);
         if !self.auto_sync {
             self.pending_initial.push(conn_id);
@@ -650,6 +671,7 @@ impl<R: Room> RoomActor<R> {
         let Some(conn) = self.conns.shift_remove(&conn_id) else {
             return;
         };
+        self.forget_held(&conn.reads);
         self.pending_initial.retain(|c| *c != conn_id);
         self.batch_initial.retain(|c| *c != conn_id);
         if R::USERS_FIELD.is_none() {
@@ -853,6 +875,7 @@ impl<R: Room> RoomActor<R> {
     }
 
     fn on_message(&mut self, conn_id: ConnId, text: &[u8]) {
+        self.consider_holding(conn_id);
         if let Err(rejection) = self.run_action(conn_id, text) {
             tracing::debug!(room = %self.id, conn = conn_id, %rejection, "message dropped");
         }
@@ -985,7 +1008,8 @@ impl<R: Room> RoomActor<R> {
         let joined = std::mem::take(&mut self.batch_initial);
         if let Some(patch) = flush.sync {
             if self.auto_sync {
-                for ready in self.sync.push(patch, Instant::now()) {
+                let at = self.held_reads.flush_time(Instant::now());
+                for ready in self.sync.push(patch, at) {
                     self.send_patch_except(&ready, &joined);
                 }
             } else {

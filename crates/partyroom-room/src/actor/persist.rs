@@ -253,7 +253,7 @@ impl<R: Room> RoomActor<R> {
             }
         }
         // Expire what is overdue right away.
-        self.on_timer();
+        self.on_timer(false);
         Ok(())
     }
 
