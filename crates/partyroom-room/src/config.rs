@@ -26,6 +26,7 @@ pub struct RoomConfig {
     pub(crate) auto_sync: bool,
     pub(crate) transfer_expiry: Duration,
     pub(crate) batch_messages: usize,
+    pub(crate) hold_reads: bool,
 }
 
 impl RoomConfig {
@@ -43,6 +44,7 @@ impl RoomConfig {
             auto_sync: true,
             transfer_expiry: Duration::from_secs(300),
             batch_messages: 64,
+            hold_reads: true,
         }
     }
 
@@ -61,6 +63,21 @@ impl RoomConfig {
     #[must_use]
     pub fn batch_messages(mut self, messages: usize) -> Self {
         self.batch_messages = messages.max(1);
+        self
+    }
+
+    /// With a sync throttle, hold the reads of clients that send in window after window and
+    /// take their messages at the end of each window, just before its patch is flushed, instead
+    /// of as each one arrives (default: on; it has no effect without a throttle). The messages
+    /// still make the patch of the window they arrived in, and the server wakes up once per
+    /// window instead of once per message. What changes is the order in which messages of the
+    /// same window are handled: those of held clients come after the others, and the held
+    /// clients take turns at going first. Turn it off when handlers must see messages in the
+    /// order they arrived (first come, first served within 16 ms). Needs a transport that can
+    /// hold reads (the server, on Linux).
+    #[must_use]
+    pub fn hold_reads(mut self, hold: bool) -> Self {
+        self.hold_reads = hold;
         self
     }
 

@@ -39,6 +39,8 @@ struct Sink {
     frames: Mutex<Vec<Value>>,
     holds: Mutex<Vec<bool>>,
     drains: AtomicUsize,
+    /// Shared with other sinks: the order in which drains were asked for.
+    order: Option<(usize, Arc<Mutex<Vec<usize>>>)>,
 }
 
 impl ConnectionSink for Sink {
@@ -54,6 +56,9 @@ impl ConnectionSink for Sink {
     }
     fn drain_held(&self) {
         self.drains.fetch_add(1, Ordering::SeqCst);
+        if let Some((id, order)) = &self.order {
+            order.lock().unwrap().push(*id);
+        }
     }
 }
 
@@ -265,4 +270,73 @@ async fn a_flush_at_the_window_end_from_another_message_drains_first() {
     room.drained(held_conn, true).await.unwrap();
     settle().await;
     assert_eq!(other.counts().last(), Some(&4), "one patch with all three");
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_clients_take_turns_at_being_drained_first() {
+    let room = room().await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let sinks: Vec<Arc<Sink>> = (0..2)
+        .map(|id| {
+            Arc::new(Sink {
+                can_hold: true,
+                order: Some((id, order.clone())),
+                ..Sink::default()
+            })
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for sink in &sinks {
+        conns.push(join(&room, sink).await);
+    }
+    settle().await;
+    for &conn in &conns {
+        room.message(conn, inc()).await.unwrap();
+    }
+    settle().await;
+    advance(Duration::from_millis(5)).await;
+    for &conn in &conns {
+        room.message(conn, inc()).await.unwrap();
+    }
+    settle().await;
+    for window in 0..4 {
+        advance(WINDOW).await;
+        assert_eq!(order.lock().unwrap().len(), 2 * (window + 1));
+        for &conn in &conns {
+            room.message(conn, inc()).await.unwrap();
+            room.drained(conn, true).await.unwrap();
+        }
+        settle().await;
+    }
+    let order = order.lock().unwrap().clone();
+    let firsts: Vec<usize> = order.chunks(2).map(|pair| pair[0]).collect();
+    assert_eq!(
+        firsts,
+        vec![0, 1, 0, 1],
+        "each window starts with the other client"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_reads_can_be_turned_off() {
+    let rooms = Rooms::builder()
+        .room_with::<Tally>(
+            "main",
+            RoomConfig::new("tally")
+                .throttle_sync(WINDOW)
+                .hold_reads(false),
+        )
+        .unwrap()
+        .build();
+    let room = rooms.get("main", "tally").unwrap();
+    let sink = Sink::holding(true);
+    let conn = join(&room, &sink).await;
+    for _ in 0..10 {
+        room.message(conn, inc()).await.unwrap();
+        advance(Duration::from_millis(5)).await;
+    }
+    advance(WINDOW).await;
+    assert!(sink.holds().is_empty());
+    assert_eq!(sink.drains(), 0);
+    assert_eq!(sink.counts().last(), Some(&10));
 }

@@ -213,6 +213,9 @@ pub struct Options {
     /// Sync throttle (none by default: every change is sent at once, as `@signe/room` does);
     /// 16 ms batches changes per frame like Colyseus' patch rate.
     pub sync_throttle: Option<std::time::Duration>,
+    /// With a sync throttle, take busy clients' messages at the end of each window instead
+    /// of as they arrive (`RoomConfig::hold_reads`, default on).
+    pub hold_reads: bool,
     /// Messages each client may send per second (the server's default, 100, when `None`).
     pub max_messages_per_second: Option<u32>,
 }
@@ -224,6 +227,7 @@ impl Default for Options {
             storage_throttle: None,
             idle_timeout: None,
             sync_throttle: None,
+            hold_reads: true,
             max_messages_per_second: None,
         }
     }
@@ -241,6 +245,7 @@ pub fn rooms(options: &Options) -> Rooms {
     if let Some(t) = options.sync_throttle {
         config = config.throttle_sync(t);
     }
+    config = config.hold_reads(options.hold_reads);
     Rooms::builder()
         .room_with::<Arena>("main", config)
         .expect("the arena pattern is valid")

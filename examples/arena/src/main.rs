@@ -34,6 +34,10 @@ struct Args {
     /// change at once).
     #[arg(long)]
     sync_throttle_ms: Option<u64>,
+    /// With a sync throttle, handle every message as it arrives, in arrival order, instead of
+    /// holding busy clients' messages until the end of each window.
+    #[arg(long)]
+    no_hold_reads: bool,
     /// Messages each client may send per second before the server drops them (bursts of
     /// twice as many pass). Default 100.
     #[arg(long)]
@@ -89,6 +93,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         storage_throttle: args.storage_throttle_ms.map(Duration::from_millis),
         idle_timeout: args.idle_timeout_ms.map(Duration::from_millis),
         sync_throttle: args.sync_throttle_ms.map(Duration::from_millis),
+        hold_reads: !args.no_hold_reads,
         max_messages_per_second: args.max_messages_per_second,
     };
     let listener = partyroom::server::bind((args.host.as_str(), args.port))

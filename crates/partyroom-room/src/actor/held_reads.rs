@@ -42,6 +42,9 @@ pub(crate) struct HeldReads {
     drain_deadline: Option<Instant>,
     /// When the last drain was asked for (or the first hold began).
     last_drain: Option<Instant>,
+    /// Drains asked for so far: where the next one starts in the connection list, so that the
+    /// held connections take turns at being handled first.
+    drains: usize,
     /// When the flush the last drain delayed was due.
     flush_due: Option<Instant>,
 }
@@ -85,8 +88,7 @@ impl HeldReads {
 impl<R: Room> RoomActor<R> {
     /// After a message from `conn_id`: hold its reads if it also sent in the previous window.
     pub(super) fn consider_holding(&mut self, conn_id: ConnId) {
-        let throttle = self.sync.throttle();
-        if throttle.is_zero() {
+        if self.sync.throttle().is_zero() || !self.config.hold_reads {
             return;
         }
         let window = self.sync.windows();
@@ -146,7 +148,12 @@ impl<R: Room> RoomActor<R> {
         }
         held.last_drain = Some(now);
         held.flush_due = Some(now);
-        for conn in self.conns.values_mut() {
+        // Connection tasks run in the order they are woken: start at a different connection
+        // each time, so that no client's messages are always handled first.
+        let start = held.drains % self.conns.len().max(1);
+        held.drains = held.drains.wrapping_add(1);
+        let (head, tail) = self.conns.as_mut_slice().split_at_mut(start);
+        for (_, conn) in tail.iter_mut().chain(head.iter_mut()) {
             if conn.reads.held && !conn.reads.drain_pending {
                 conn.reads.drain_pending = true;
                 held.draining += 1;
