@@ -376,6 +376,10 @@ for (const [name, target] of [['batched-slow', 5], ['batched-fast', 10]]) {
   const range = (xs) => { const v = xs.filter((x) => x != null); return v.length > 1 ? ` (${fmt(Math.min(...v), 1)}–${fmt(Math.max(...v), 1)})` : ''; };
   const ratio = pc && oc ? `${fmt(oc / pc, oc / pc >= 10 ? 0 : 1)}×` : 'n/a';
   batched.push(`| ${first.params.clients} clients × ${first.params.rate} moves/s (${fmt(moves, 0)} moves/s), ${p.length} × ${first.params.seconds} s | server CPU (% of one core), median${p.length > 1 ? ' (range)' : ''} | **${fmt(pc, 1)}**${range(cpu(p))} | ${fmt(oc, 1)}${range(cpu(o))} | ${ratio} | ≤ ${target} |`);
+  const ticks = (rs) => rs.map((r) => get(r, 'results.processes.server.cpu_percent_of_one_core_from_ticks'));
+  if (ticks(p).some((x) => x != null)) {
+    batched.push(`|  | the same from clock ticks (what \`top\` shows), median (range) | ${fmt(median(ticks(p)), 1)}${range(ticks(p))} | ${fmt(median(ticks(o)), 1)}${range(ticks(o))} |  |  |`);
+  }
   batched.push(`|  | moves sent / echoed per second | ${fmt(sent(p), 0)} / ${fmt(echoed(p), 0)} | ${fmt(sent(o), 0)} / ${fmt(echoed(o), 0)} |  |  |`);
   batched.push(`|  | move-to-echo p50 / p99 (ms) | ${fmt(lat(p, 'p50_ms'))} / ${fmt(lat(p, 'p99_ms'))} | ${fmt(lat(o, 'p50_ms'))} / ${fmt(lat(o, 'p99_ms'))} |  |  |`);
 }
@@ -418,7 +422,7 @@ let nodeV = process.version;
 const md = [
   `Command: \`bash bench/run.sh\` (one run, ${fmt(+elapsed / 60, 1)} min). Date: ${date}. Machine: ${os.cpus().length} cores (${cpu}), ${fmt(os.totalmem() / 2 ** 30, 0)} GiB, Linux ${os.release()}; Node ${nodeV}; ${pinning}; loopback.`,
   '',
-  'Servers: partyroom\'s `partyroom-arena --memory` (release build, `RUST_LOG=warn`) and the original `@signe/room` 3.2.1 running the same arena room (`bench/reference/arena-server.mjs`, in-memory storage). Load: `partyroom-loadtest` (built on `partyroom-client`, without state mirror), one fresh server per scenario. Ratio = how many times better partyroom is (original ÷ partyroom for times, latencies, CPU and memory; partyroom ÷ original for throughput). In the closed loop, clients send their next move as soon as the previous one echoed, with no per-client cap, and partyroom runs with `--max-messages-per-second 1000000` (its default limit of 100 messages per second and client is a protection the original does not have).',
+  'Servers: partyroom\'s `partyroom-arena --memory` (release build, `RUST_LOG=warn`) and the original `@signe/room` 3.2.1 running the same arena room (`bench/reference/arena-server.mjs`, in-memory storage). Load: `partyroom-loadtest` (built on `partyroom-client`, without state mirror), one fresh server per scenario. Server CPU is the time the server\'s threads spent on a CPU during the measured window, in % of one core, from the scheduler\'s exact count (`/proc/<pid>/task/*/schedstat`); the kernel\'s clock-tick figure (`/proc/<pid>/stat`, what `top` shows, sampled at each kernel clock tick) is in the JSON too and, for the batched runs, in the table. Ratio = how many times better partyroom is (original ÷ partyroom for times, latencies, CPU and memory; partyroom ÷ original for throughput). In the closed loop, clients send their next move as soon as the previous one echoed, with no per-client cap, and partyroom runs with `--max-messages-per-second 1000000` (its default limit of 100 messages per second and client is a protection the original does not have).',
   '',
   '| Scenario | Figure | partyroom | @signe/room | Ratio |',
   '|---|---|---|---|---|',

@@ -192,8 +192,11 @@ pub struct ProcStats {
     pub at: Instant,
     /// Resident set size, KiB.
     pub rss_kib: u64,
-    /// User + system CPU time, clock ticks.
+    /// User + system CPU time, clock ticks (sampled by the kernel at each tick).
     pub cpu_ticks: u64,
+    /// Time on a CPU, nanoseconds, summed over the process's threads: exact (the scheduler's
+    /// own count, `/proc/<pid>/task/*/schedstat`). `None` where the kernel does not offer it.
+    pub run_ns: Option<u64>,
 }
 
 /// Read `/proc/<pid>/status` and `/proc/<pid>/stat` (`None`: no such process, or not Linux).
@@ -215,17 +218,45 @@ pub fn proc_stats(pid: &str) -> Option<ProcStats> {
         at: Instant::now(),
         rss_kib,
         cpu_ticks: utime + stime,
+        run_ns: run_ns(pid),
     })
 }
 
-/// CPU used between two readings, in percent of one core. Clock ticks are 10 ms, so over less
-/// than a second the figure is too coarse to be worth reporting: `None`.
+/// The first field of `/proc/<pid>/task/<tid>/schedstat` (nanoseconds on a CPU), summed over
+/// the threads alive now. A thread that ended since an earlier reading takes its time with it,
+/// so the difference between two readings can only undercount (then the tick figure is used).
+fn run_ns(pid: &str) -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let Ok(line) = std::fs::read_to_string(path) else {
+            continue; // the thread just ended
+        };
+        total += line.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// CPU used between two readings, in percent of one core; `None` over less than a second (the
+/// tick figure, used when the exact one is missing, is too coarse there).
 pub fn window_cpu_percent(a: &ProcStats, b: &ProcStats) -> Option<f64> {
     (b.at.duration_since(a.at) >= Duration::from_secs(1)).then(|| cpu_percent(a, b))
 }
 
-/// CPU used between two readings, in percent of one core.
+/// CPU used between two readings, in percent of one core: from the exact run time when both
+/// readings have it and it did not go back (a thread ended), else from the clock ticks.
 pub fn cpu_percent(a: &ProcStats, b: &ProcStats) -> f64 {
+    let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+    let cpu = match (a.run_ns, b.run_ns) {
+        (Some(x), Some(y)) if y >= x => (y - x) as f64 / 1e9,
+        _ => b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / TICKS_PER_SECOND,
+    };
+    round3(100.0 * cpu / secs)
+}
+
+/// CPU used between two readings, in percent of one core, from the clock ticks only (what
+/// `top` and `ps` show; the kernel samples it at each tick, so it is noisy at low loads).
+pub fn tick_cpu_percent(a: &ProcStats, b: &ProcStats) -> f64 {
     let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
     let cpu = b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / TICKS_PER_SECOND;
     round3(100.0 * cpu / secs)
@@ -286,6 +317,8 @@ impl ProcWindow {
         let side = |a: Option<ProcStats>, b: Option<ProcStats>| match (a, b) {
             (Some(a), Some(b)) => json!({
                 "cpu_percent_of_one_core": window_cpu_percent(&a, &b),
+                "cpu_percent_of_one_core_from_ticks": (b.at.duration_since(a.at) >= Duration::from_secs(1))
+                    .then(|| tick_cpu_percent(&a, &b)),
                 "rss_kib_start": a.rss_kib,
                 "rss_kib_end": b.rss_kib,
             }),
@@ -447,6 +480,23 @@ mod tests {
         assert!((p["p50_ms"].as_f64().unwrap() - 0.5).abs() < 0.01);
         assert!((p["max_ms"].as_f64().unwrap() - 1.0).abs() < 0.01);
         assert_eq!(percentiles(&new_histogram())["count"], 0);
+    }
+
+    #[test]
+    fn exact_cpu_time_counts_a_busy_second() {
+        let a = proc_stats("self").expect("/proc/self");
+        assert!(a.run_ns.is_some(), "schedstat is readable");
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(1100) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let b = proc_stats("self").expect("/proc/self");
+        let busy = b.run_ns.unwrap() - a.run_ns.unwrap();
+        // This thread alone was busy for 1.1 s (other tests may add to the process's total).
+        assert!(busy >= 900_000_000, "{busy} ns");
+        assert!(window_cpu_percent(&a, &b).unwrap() >= 80.0);
+        assert!(tick_cpu_percent(&a, &b) >= 50.0);
     }
 
     #[test]
