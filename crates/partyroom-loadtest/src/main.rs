@@ -16,7 +16,8 @@
 //! - `idle`: N clients over R rooms held S seconds: the server's RSS per client.
 //!
 //! With `--server-pid`, the server's CPU (% of one core) and RSS are read from `/proc` over
-//! the run. `--json` prints one JSON object; `--plot FILE.svg` draws latency, moves/s,
+//! the run: CPU from the exact run time of its threads (`/proc/<pid>/task/*/schedstat`), with
+//! the clock-tick figure of `/proc/<pid>/stat` beside it in the JSON. `--json` prints one JSON object; `--plot FILE.svg` draws latency, moves/s,
 //! frames/s and CPU over time. A progress bar is shown on stderr when stdout is a terminal
 //! and `CI` is not `true`.
 //!
