@@ -142,10 +142,8 @@ pub(crate) async fn run(c: Connection) {
                 let mut over = false;
                 reader.begin_drain();
                 for _ in 0..DRAIN_MAX_MESSAGES {
-                    let read = match reader.try_next() {
-                        Ok(None) => break,
-                        Ok(Some(incoming)) => Ok(incoming),
-                        Err(e) => Err(e),
+                    let Some(read) = reader.try_next().transpose() else {
+                        break;
                     };
                     let text = match step(read, &outbox, &room, conn) {
                         Step::Deliver(text) => text,
