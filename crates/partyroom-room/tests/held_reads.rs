@@ -108,6 +108,20 @@ async fn settle() {
     }
 }
 
+/// Messages from `conns` in two windows in a row (the first opens a window, the second comes
+/// 5 ms later): the room holds their reads.
+async fn send_in_two_windows(room: &RoomHandle, conns: &[ConnId]) {
+    for &conn in conns {
+        room.message(conn, inc()).await.unwrap();
+    }
+    settle().await;
+    advance(Duration::from_millis(5)).await;
+    for &conn in conns {
+        room.message(conn, inc()).await.unwrap();
+    }
+    settle().await;
+}
+
 /// Move the clock on by `by` and let the room act on it.
 async fn advance(by: Duration) {
     tokio::time::advance(by).await;
@@ -161,11 +175,7 @@ async fn an_unanswered_drain_delays_the_patch_by_two_milliseconds_at_most() {
     let sink = Sink::holding(true);
     let conn = join(&room, &sink).await;
     settle().await;
-    room.message(conn, inc()).await.unwrap();
-    settle().await;
-    advance(Duration::from_millis(5)).await;
-    room.message(conn, inc()).await.unwrap();
-    settle().await;
+    send_in_two_windows(&room, &[conn]).await;
     advance(WINDOW).await;
     assert_eq!(sink.drains(), 1);
     assert_eq!(sink.counts(), vec![0, 1]);
@@ -185,10 +195,7 @@ async fn a_client_that_leaves_while_draining_does_not_hold_up_the_others() {
     let busy_conn = join(&room, &busy).await;
     let other_conn = join(&room, &other).await;
     settle().await;
-    room.message(busy_conn, inc()).await.unwrap();
-    settle().await;
-    advance(Duration::from_millis(5)).await;
-    room.message(busy_conn, inc()).await.unwrap();
+    send_in_two_windows(&room, &[busy_conn]).await;
     room.message(other_conn, inc()).await.unwrap();
     settle().await;
     advance(WINDOW).await;
@@ -248,11 +255,7 @@ async fn a_flush_at_the_window_end_from_another_message_drains_first() {
     settle().await;
     // Off the millisecond grid, so that the window's end comes before its timer fires.
     advance(Duration::from_micros(500)).await;
-    room.message(held_conn, inc()).await.unwrap();
-    settle().await;
-    advance(Duration::from_millis(5)).await;
-    room.message(held_conn, inc()).await.unwrap();
-    settle().await;
+    send_in_two_windows(&room, &[held_conn]).await;
     assert_eq!(held.holds(), vec![true]);
     // The window is over; its timer has not fired yet. A message from a client that is not
     // held would flush now: the held client is drained first, and the flush waits for it.
@@ -290,15 +293,7 @@ async fn held_clients_take_turns_at_being_drained_first() {
         conns.push(join(&room, sink).await);
     }
     settle().await;
-    for &conn in &conns {
-        room.message(conn, inc()).await.unwrap();
-    }
-    settle().await;
-    advance(Duration::from_millis(5)).await;
-    for &conn in &conns {
-        room.message(conn, inc()).await.unwrap();
-    }
-    settle().await;
+    send_in_two_windows(&room, &conns).await;
     for window in 0..4 {
         advance(WINDOW).await;
         assert_eq!(order.lock().unwrap().len(), 2 * (window + 1));

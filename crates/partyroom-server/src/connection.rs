@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use partyroom_room::{CloseFrame, ConnId, ConnectionSink, RoomHandle};
+use partyroom_room::{CloseFrame, ConnId, ConnectionSink, RoomGone, RoomHandle};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
@@ -106,6 +106,22 @@ fn step(
     }
 }
 
+/// Hand a client's message to the room unless the rate limit drops it: `Ok(false)` when
+/// dropped, `Err` when the room is gone.
+async fn deliver(
+    bucket: &mut TokenBucket,
+    room: &RoomHandle,
+    conn: ConnId,
+    text: Bytes,
+) -> Result<bool, RoomGone> {
+    if !bucket.take() {
+        tracing::debug!(room = room.id(), conn, "message dropped: rate limit");
+        return Ok(false);
+    }
+    room.message(conn, text).await?;
+    Ok(true)
+}
+
 /// Drive one connected client until either side closes or the server shuts down.
 pub(crate) async fn run(c: Connection) {
     let Connection {
@@ -153,15 +169,14 @@ pub(crate) async fn run(c: Connection) {
                             break;
                         }
                     };
-                    if !bucket.take() {
-                        tracing::debug!(room = room.id(), conn, "message dropped: rate limit");
-                        continue;
+                    match deliver(&mut bucket, &room, conn, text).await {
+                        Ok(true) => delivered = true,
+                        Ok(false) => continue,
+                        Err(RoomGone) => {
+                            over = true;
+                            break;
+                        }
                     }
-                    if room.message(conn, text).await.is_err() {
-                        over = true;
-                        break;
-                    }
-                    delivered = true;
                     #[cfg(test)]
                     tests::DRAINED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -183,11 +198,7 @@ pub(crate) async fn run(c: Connection) {
                     Step::Skip => continue,
                     Step::Stop => break,
                 };
-                if !bucket.take() {
-                    tracing::debug!(room = room.id(), conn, "message dropped: rate limit");
-                    continue;
-                }
-                if room.message(conn, text).await.is_err() {
+                if deliver(&mut bucket, &room, conn, text).await.is_err() {
                     break;
                 }
             }

@@ -414,11 +414,7 @@ mod tests {
     #[tokio::test]
     async fn try_next_reads_held_data_without_readiness() {
         use std::io::Write;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let server = tokio::net::TcpStream::from_std(server).unwrap();
+        let (mut client, server) = crate::low_water::socket_pair();
         assert!(crate::low_water::set(&server, crate::low_water::HELD));
         let (read, _write) = server.into_split();
         let mut r = FrameReader::new(Source::Tcp(read), &[], 1 << 16, 4096);

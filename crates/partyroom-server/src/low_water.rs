@@ -61,17 +61,25 @@ pub(crate) fn set(socket: &impl AsFd, bytes: u32) -> bool {
     }
 }
 
+/// A connected loopback pair for tests: the client end (blocking) and the server end (tokio).
+#[cfg(test)]
+pub(crate) fn socket_pair() -> (std::net::TcpStream, tokio::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    (client, tokio::net::TcpStream::from_std(server).unwrap())
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use std::io::Write;
     use std::time::Duration;
 
-    #[test]
-    fn set_and_read_back() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
+    #[tokio::test]
+    async fn set_and_read_back() {
+        let (_client, server) = socket_pair();
         assert_eq!(imp::get(server.as_fd()), Some(1), "the default");
         assert!(set(&server, HELD));
         assert_eq!(imp::get(server.as_fd()), Some(HELD));
@@ -83,11 +91,7 @@ mod tests {
     /// non-blocking `recv` returns what is there.
     #[tokio::test]
     async fn below_the_mark_data_is_not_signalled_but_can_be_read() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let server = tokio::net::TcpStream::from_std(server).unwrap();
+        let (mut client, server) = socket_pair();
         assert!(set(&server, HELD));
         client.write_all(b"hello").unwrap();
         let waited = tokio::time::timeout(Duration::from_millis(200), server.readable()).await;
