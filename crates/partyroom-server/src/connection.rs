@@ -349,6 +349,72 @@ mod tests {
         let _ = stop.send(());
     }
 
+    /// A client whose reads are held breaks the protocol (an unmasked frame): the drain reads
+    /// it like any other read, and the connection is closed with 1002.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_protocol_error_in_held_data_closes_with_its_code() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rooms = Rooms::builder().room::<Tally>("main").unwrap().build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::Server::new(rooms).serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // As browsers and `ws` do: with Nagle, the frames would wait in the client for an ACK
+        // that a held connection sends only with the window's patch.
+        s.set_nodelay(true).unwrap();
+        s.write_all(
+            b"GET /parties/main/tally HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let inc = br#"{"action":"inc","value":null}"#;
+        let mask = [1u8, 2, 3, 4];
+        let mut masked = vec![0x81, 0x80 | inc.len() as u8];
+        masked.extend_from_slice(&mask);
+        masked.extend(inc.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        // Steady sends: the reads are held after the second window.
+        for _ in 0..60 {
+            s.write_all(&masked).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        let mut unmasked = vec![0x81, inc.len() as u8];
+        unmasked.extend_from_slice(inc);
+        s.write_all(&unmasked).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        // Walk the server's frames after the HTTP response to its close frame.
+        let mut at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut code = None;
+        while at + 2 <= out.len() {
+            let (op, len) = (out[at] & 0x0F, usize::from(out[at + 1] & 0x7F));
+            let (len, header) = match len {
+                126 => (
+                    usize::from(u16::from_be_bytes([out[at + 2], out[at + 3]])),
+                    4,
+                ),
+                127 => (
+                    usize::try_from(u64::from_be_bytes(out[at + 2..at + 10].try_into().unwrap()))
+                        .unwrap(),
+                    10,
+                ),
+                n => (n, 2),
+            };
+            if op == 0x8 {
+                code = Some(u16::from_be_bytes([out[at + header], out[at + header + 1]]));
+                break;
+            }
+            at += header + len;
+        }
+        assert_eq!(code, Some(1002), "closed with the protocol error's code");
+        let _ = stop.send(());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn bucket_allows_bursts_then_the_rate() {
         let mut b = TokenBucket::new(10);
