@@ -297,7 +297,10 @@ mod tests {
         let mut senders = Vec::new();
         for _ in 0..CLIENTS {
             let url = format!("ws://{addr}/parties/main/tally");
-            let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            // Nagle off, as in browsers and `ws` (see the test below).
+            let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+                .await
+                .unwrap();
             senders.push(tokio::spawn(async move {
                 let (mut tx, mut rx) = ws.split();
                 let inc = r#"{"action":"inc","value":null}"#;
