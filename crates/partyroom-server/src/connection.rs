@@ -277,6 +277,18 @@ mod tests {
         }
     }
 
+    /// A server with the `Tally` room on 127.0.0.1:0, until the sender is used or dropped.
+    async fn serve_tally() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let rooms = Rooms::builder().room::<Tally>("main").unwrap().build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::Server::new(rooms).serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
     /// Clients that send in every window have their reads held and drained at each window's
     /// end (over real sockets); no message is lost, pings are still answered, and the last
     /// messages arrive although nothing signals them.
@@ -285,13 +297,7 @@ mod tests {
     async fn held_reads_over_real_sockets_lose_nothing() {
         const CLIENTS: usize = 4;
         const EACH: usize = 120;
-        let rooms = Rooms::builder().room::<Tally>("main").unwrap().build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(crate::Server::new(rooms).serve(listener, async move {
-            let _ = stopped.await;
-        }));
+        let (addr, stop) = serve_tally().await;
         let raised = crate::low_water::RAISED.load(Ordering::Relaxed);
         let drained = DRAINED.load(Ordering::Relaxed);
         let mut senders = Vec::new();
@@ -358,13 +364,7 @@ mod tests {
     #[tokio::test]
     async fn a_protocol_error_in_held_data_closes_with_its_code() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let rooms = Rooms::builder().room::<Tally>("main").unwrap().build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(crate::Server::new(rooms).serve(listener, async move {
-            let _ = stopped.await;
-        }));
+        let (addr, stop) = serve_tally().await;
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         // As browsers and `ws` do: with Nagle, the frames would wait in the client for an ACK
         // that a held connection sends only with the window's patch.
