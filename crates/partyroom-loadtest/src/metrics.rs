@@ -246,12 +246,13 @@ pub fn window_cpu_percent(a: &ProcStats, b: &ProcStats) -> Option<f64> {
 /// CPU used between two readings, in percent of one core: from the exact run time when both
 /// readings have it and it did not go back (a thread ended), else from the clock ticks.
 pub fn cpu_percent(a: &ProcStats, b: &ProcStats) -> f64 {
-    let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
-    let cpu = match (a.run_ns, b.run_ns) {
-        (Some(x), Some(y)) if y >= x => (y - x) as f64 / 1e9,
-        _ => b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / TICKS_PER_SECOND,
-    };
-    round3(100.0 * cpu / secs)
+    match (a.run_ns, b.run_ns) {
+        (Some(x), Some(y)) if y >= x => {
+            let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+            round3(100.0 * (y - x) as f64 / 1e9 / secs)
+        }
+        _ => tick_cpu_percent(a, b),
+    }
 }
 
 /// CPU used between two readings, in percent of one core, from the clock ticks only (what

@@ -87,8 +87,30 @@ impl Sink {
 }
 
 async fn room() -> RoomHandle {
-    let rooms = Rooms::builder().room::<Tally>("main").unwrap().build();
+    room_with(Tally::config()).await
+}
+
+async fn room_with(config: RoomConfig) -> RoomHandle {
+    let rooms = Rooms::builder()
+        .room_with::<Tally>("main", config)
+        .unwrap()
+        .build();
     rooms.get("main", "tally").unwrap()
+}
+
+/// A room with `config`, one client sending every 5 ms: its reads are never held.
+async fn never_held(config: RoomConfig) {
+    let room = room_with(config).await;
+    let sink = Sink::holding(true);
+    let conn = join(&room, &sink).await;
+    for _ in 0..10 {
+        room.message(conn, inc()).await.unwrap();
+        advance(Duration::from_millis(5)).await;
+    }
+    advance(WINDOW).await;
+    assert!(sink.holds().is_empty());
+    assert_eq!(sink.drains(), 0);
+    assert_eq!(sink.counts().last(), Some(&10));
 }
 
 async fn join(room: &RoomHandle, sink: &Arc<Sink>) -> ConnId {
@@ -99,6 +121,15 @@ async fn join(room: &RoomHandle, sink: &Arc<Sink>) -> ConnId {
 
 fn inc() -> Bytes {
     json!({"action": "inc", "value": null}).to_string().into()
+}
+
+/// Two clients whose transports can hold reads, joined.
+async fn clients(room: &RoomHandle) -> [(Arc<Sink>, ConnId); 2] {
+    let a = Sink::holding(true);
+    let b = Sink::holding(true);
+    let (a_conn, b_conn) = (join(room, &a).await, join(room, &b).await);
+    settle().await;
+    [(a, a_conn), (b, b_conn)]
 }
 
 /// Let the room handle what was sent and what fell due.
@@ -190,11 +221,7 @@ async fn an_unanswered_drain_delays_the_patch_by_two_milliseconds_at_most() {
 #[tokio::test(start_paused = true)]
 async fn a_client_that_leaves_while_draining_does_not_hold_up_the_others() {
     let room = room().await;
-    let busy = Sink::holding(true);
-    let other = Sink::holding(true);
-    let busy_conn = join(&room, &busy).await;
-    let other_conn = join(&room, &other).await;
-    settle().await;
+    let [(busy, busy_conn), (other, other_conn)] = clients(&room).await;
     send_in_two_windows(&room, &[busy_conn]).await;
     room.message(other_conn, inc()).await.unwrap();
     settle().await;
@@ -230,29 +257,13 @@ async fn a_transport_that_cannot_hold_is_asked_once() {
 
 #[tokio::test(start_paused = true)]
 async fn without_a_throttle_reads_are_never_held() {
-    let rooms = Rooms::builder()
-        .room_with::<Tally>("main", RoomConfig::new("tally"))
-        .unwrap()
-        .build();
-    let room = rooms.get("main", "tally").unwrap();
-    let sink = Sink::holding(true);
-    let conn = join(&room, &sink).await;
-    for _ in 0..10 {
-        room.message(conn, inc()).await.unwrap();
-        advance(Duration::from_millis(5)).await;
-    }
-    assert!(sink.holds().is_empty());
-    assert_eq!(sink.counts().last(), Some(&10));
+    never_held(RoomConfig::new("tally")).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_flush_at_the_window_end_from_another_message_drains_first() {
     let room = room().await;
-    let held = Sink::holding(true);
-    let other = Sink::holding(true);
-    let held_conn = join(&room, &held).await;
-    let other_conn = join(&room, &other).await;
-    settle().await;
+    let [(held, held_conn), (other, other_conn)] = clients(&room).await;
     // Off the millisecond grid, so that the window's end comes before its timer fires.
     advance(Duration::from_micros(500)).await;
     send_in_two_windows(&room, &[held_conn]).await;
@@ -314,24 +325,5 @@ async fn held_clients_take_turns_at_being_drained_first() {
 
 #[tokio::test(start_paused = true)]
 async fn hold_reads_can_be_turned_off() {
-    let rooms = Rooms::builder()
-        .room_with::<Tally>(
-            "main",
-            RoomConfig::new("tally")
-                .throttle_sync(WINDOW)
-                .hold_reads(false),
-        )
-        .unwrap()
-        .build();
-    let room = rooms.get("main", "tally").unwrap();
-    let sink = Sink::holding(true);
-    let conn = join(&room, &sink).await;
-    for _ in 0..10 {
-        room.message(conn, inc()).await.unwrap();
-        advance(Duration::from_millis(5)).await;
-    }
-    advance(WINDOW).await;
-    assert!(sink.holds().is_empty());
-    assert_eq!(sink.drains(), 0);
-    assert_eq!(sink.counts().last(), Some(&10));
+    never_held(Tally::config().hold_reads(false)).await;
 }

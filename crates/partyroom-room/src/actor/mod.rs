@@ -361,18 +361,11 @@ impl<R: Room> RoomActor<R> {
         // Inside a sync throttle window the changes stay in the tracker until the window ends
         // (one flush per window instead of one per message); otherwise they are flushed now.
         // Clients that joined in the batch get their first packet now either way.
-        // A window-end flush first drains the held connections and waits for their messages.
-        if self.unflushed {
-            let now = Instant::now();
-            let window_over = !self.sync.window_open(now);
-            if window_over {
-                self.start_drain_if_due(now);
-            }
-            if (window_over && !self.held_reads.draining()) || !self.batch_initial.is_empty() {
-                self.flush_state();
-                self.drop_slow();
-            }
+        let flushed = self.flush_at_window_end(Instant::now());
+        if !flushed && self.unflushed && !self.batch_initial.is_empty() {
+            self.flush_state();
         }
+        self.drop_slow();
         shutdown
     }
 
@@ -442,14 +435,26 @@ impl<R: Room> RoomActor<R> {
         .min()
     }
 
+    /// Flush the changes kept for the end of the throttle window (see `handle_batch`), if it is
+    /// over: held connections are drained first, and the flush waits for their messages (see
+    /// `held_reads`). Returns whether it flushed.
+    fn flush_at_window_end(&mut self, now: Instant) -> bool {
+        if !self.unflushed || self.sync.window_open(now) {
+            return false;
+        }
+        self.start_drain_if_due(now);
+        if self.held_reads.draining() {
+            return false;
+        }
+        self.flush_state();
+        true
+    }
+
     /// What fell due. `mail_waiting`: the mailbox is not empty (drain answers may be in it).
     fn on_timer(&mut self, mail_waiting: bool) {
         let now = Instant::now();
         self.drive_held_reads(now, mail_waiting);
-        if self.unflushed && !self.sync.window_open(now) && !self.held_reads.draining() {
-            // The changes kept for the end of the throttle window (see `handle_batch`).
-            self.flush_state();
-        }
+        self.flush_at_window_end(now);
         if let Some(patch) = self.sync.fire(now) {
             self.send_patch(&patch);
         }
