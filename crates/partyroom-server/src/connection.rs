@@ -310,7 +310,18 @@ mod tests {
             senders.push(tokio::spawn(async move {
                 let (mut tx, mut rx) = ws.split();
                 let inc = r#"{"action":"inc","value":null}"#;
-                let mut pongs = 0;
+                let total = (CLIENTS * EACH) as i64;
+                // Pongs, and whether a patch showed the final count (it can come while this
+                // client still reads between its sends).
+                let (mut pongs, mut complete) = (0, false);
+                let on_frame = |m: Message, pongs: &mut usize, complete: &mut bool| match m {
+                    Message::Pong(_) => *pongs += 1,
+                    Message::Text(t) => {
+                        let v: Value = serde_json::from_str(&t).unwrap();
+                        *complete |= v["value"]["count"].as_i64() == Some(total);
+                    }
+                    _ => {}
+                };
                 for i in 0..EACH {
                     tx.send(Message::text(inc)).await.unwrap();
                     if i % 40 == 0 {
@@ -318,28 +329,20 @@ mod tests {
                     }
                     tokio::time::sleep(Duration::from_millis(3)).await;
                     while let Some(Some(Ok(m))) = rx.next().now_or_never() {
-                        pongs += usize::from(matches!(m, Message::Pong(_)));
+                        on_frame(m, &mut pongs, &mut complete);
                     }
                 }
                 // Read until the room has counted every client's messages.
-                let total = (CLIENTS * EACH) as i64;
-                let seen = tokio::time::timeout(Duration::from_secs(5), async {
-                    while let Some(Ok(m)) = rx.next().await {
-                        match m {
-                            Message::Pong(_) => pongs += 1,
-                            Message::Text(t) => {
-                                let v: Value = serde_json::from_str(&t).unwrap();
-                                if v["value"]["count"].as_i64() == Some(total) {
-                                    return true;
-                                }
-                            }
-                            _ => {}
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while !complete {
+                        match rx.next().await {
+                            Some(Ok(m)) => on_frame(m, &mut pongs, &mut complete),
+                            _ => break,
                         }
                     }
-                    false
                 })
                 .await;
-                (seen == Ok(true), pongs)
+                (complete, pongs)
             }));
         }
         for s in senders {
