@@ -100,6 +100,12 @@ impl CloseFrame {
     }
 }
 
+/// Longest private session id (the `id` or `_pk` query parameter) a client may connect
+/// with, in bytes. A longer one is refused with `400` before any guard runs: ids are kept
+/// in memory for every session and are storage keys. The official client sends 36-byte
+/// UUIDs.
+pub const MAX_SESSION_ID_BYTES: usize = 128;
+
 /// Everything the room needs to accept a client.
 #[derive(Debug)]
 pub struct ConnectRequest {
@@ -116,6 +122,17 @@ pub struct ConnectRequest {
 }
 
 impl ConnectRequest {
+    /// Refuse a session id over [`MAX_SESSION_ID_BYTES`].
+    pub(crate) fn check_session_id(&self) -> Result<(), crate::Refusal> {
+        match &self.session_id {
+            Some(id) if id.len() > MAX_SESSION_ID_BYTES => Err(crate::Refusal {
+                status: http::StatusCode::BAD_REQUEST,
+                reason: format!("Session id too long (at most {MAX_SESSION_ID_BYTES} bytes)"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// What guards see of this request.
     pub fn info(&self) -> crate::handler::ConnectInfo {
         crate::handler::ConnectInfo {

@@ -32,7 +32,8 @@ pub mod testing;
 pub use actor::ConnectError;
 pub use config::RoomConfig;
 pub use conn::{
-    CloseFrame, ConnId, ConnInfo, ConnectRequest, ConnectionChannels, ConnectionSink, SinkStatus,
+    CloseFrame, ConnId, ConnInfo, ConnectRequest, ConnectionChannels, ConnectionSink,
+    MAX_SESSION_ID_BYTES, SinkStatus,
 };
 pub use context::TransferError;
 pub use context::{Cx, HttpCx};

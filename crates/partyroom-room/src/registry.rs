@@ -65,6 +65,7 @@ impl RoomHandle {
     /// connecting; the server calls this before the WebSocket upgrade so a refused client gets
     /// an HTTP error. Marks the request as admitted.
     pub async fn admit(&self, request: &mut ConnectRequest) -> Result<(), ConnectError> {
+        request.check_session_id().map_err(ConnectError::Refused)?;
         let info = Arc::new(request.info());
         for guard in &self.admission.connect {
             guard(info.clone()).await.map_err(ConnectError::Refused)?;
@@ -84,6 +85,7 @@ impl RoomHandle {
     /// Connect a client (running the guards first unless [`RoomHandle::admit`] did). On
     /// success the first packet is already queued on its channels.
     pub async fn connect(&self, request: ConnectRequest) -> Result<ConnId, ConnectError> {
+        request.check_session_id().map_err(ConnectError::Refused)?;
         if !request.admitted && !self.admission.connect.is_empty() {
             let info = Arc::new(request.info());
             for guard in &self.admission.connect {

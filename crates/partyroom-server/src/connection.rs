@@ -1,6 +1,24 @@
 //! One task per WebSocket connection: reads client frames into the room's mailbox, and writes
 //! the frames its [`Outbox`] could not write at once.
+//!
+//! The task also keeps the connection honest, with deadlines on both directions:
+//! - **Liveness**: a client silent for [`Limits::ping_interval`] is pinged (again each
+//!   interval); one from which nothing at all has come for [`Limits::liveness_timeout`] is
+//!   dropped.
+//! - **Writes**: while frames wait in the outbox, a socket that takes no byte of them for
+//!   [`Limits::write_timeout`] is dropped (a client that stopped reading).
+//! - **Closing**: once a close frame is queued (the client's close, a protocol error, a
+//!   slow client's 1013, shutdown's 1001), the task stops reading and has
+//!   [`CLOSE_FLUSH_TIMEOUT`] to get the frames out.
+//!
+//! A dropped connection is reset (`SO_LINGER` 0) so that the kernel lets go of what it held
+//! for the peer at once, and its descriptor is closed even while the room still holds the
+//! outbox.
+//!
+//! What reaches the room goes through a [`Peer`]: the room itself for clients
+//! ([`RoomPeer`]), an echo for the conformance suite.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,48 +27,164 @@ use bytes::Bytes;
 use partyroom_room::{CloseFrame, ConnId, ConnectionSink, RoomGone, RoomHandle};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::frame_reader::{FrameReader, Incoming, ReadError};
 use crate::outbox::Outbox;
 
 /// How long a closing connection may take to write its last frames.
-const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the connection task writes what waits in the outbox.
 pub(crate) enum Writer {
     /// A TCP socket, also written directly by the room (see [`Outbox`]).
     Tcp(Arc<OwnedWriteHalf>),
     /// Any other upgraded transport, written only by this task.
-    Io(Box<dyn AsyncWrite + Send + Unpin>),
+    Io(IoWriter),
+}
+
+/// A transport written through [`AsyncWrite`]: the chunks taken from the outbox wait here
+/// until written, so that a flush cancelled half-way loses nothing.
+pub(crate) struct IoWriter {
+    io: Box<dyn AsyncWrite + Send + Unpin>,
+    pending: std::collections::VecDeque<Bytes>,
+    progress: u64,
 }
 
 impl Writer {
+    /// A writer for any other transport than a plain TCP socket.
+    pub(crate) fn io(io: Box<dyn AsyncWrite + Send + Unpin>) -> Self {
+        Writer::Io(IoWriter {
+            io,
+            pending: std::collections::VecDeque::new(),
+            progress: 0,
+        })
+    }
+
+    /// Write everything queued, waiting for the socket as needed. Cancel-safe: what is not
+    /// written yet stays queued.
     async fn flush(&mut self, outbox: &Outbox) -> std::io::Result<()> {
         match self {
             Writer::Tcp(socket) => outbox.flush_direct(socket).await,
-            Writer::Io(io) => loop {
-                let chunks = outbox.take_queued();
-                if chunks.is_empty() {
-                    return io.flush().await;
+            Writer::Io(w) => loop {
+                if w.pending.is_empty() {
+                    w.pending.extend(outbox.take_queued());
+                    if w.pending.is_empty() {
+                        return w.io.flush().await;
+                    }
                 }
-                for chunk in chunks {
-                    io.write_all(&chunk).await?;
+                while let Some(chunk) = w.pending.front_mut() {
+                    let n = w.io.write(chunk).await?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::WriteZero.into());
+                    }
+                    w.progress += n as u64;
+                    if n == chunk.len() {
+                        w.pending.pop_front();
+                    } else {
+                        let _ = chunk.split_to(n);
+                    }
                 }
             },
         }
     }
+
+    /// Bytes written so far (the write deadline watches it for progress).
+    fn progress(&self, outbox: &Outbox) -> u64 {
+        match self {
+            Writer::Tcp(_) => outbox.progress(),
+            Writer::Io(w) => w.progress,
+        }
+    }
+}
+
+/// The deadlines of one connection (from [`crate::ServerConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Ping a client that has sent nothing for this long; `None`: no pings and no liveness
+    /// check.
+    pub(crate) ping_interval: Option<Duration>,
+    /// Drop a client from which nothing has come for this long (with pings on).
+    pub(crate) liveness_timeout: Duration,
+    /// Drop a connection whose socket takes none of the waiting bytes for this long.
+    pub(crate) write_timeout: Duration,
+}
+
+/// What receives a connection's messages.
+pub(crate) trait Peer: Send {
+    /// A name for logs.
+    fn label(&self) -> &str;
+    /// A whole message from the client; `Ok(false)` if it was dropped (the rate limit, a
+    /// binary message that is not UTF-8), `Err` when the receiver is gone.
+    fn message(
+        &mut self,
+        payload: Bytes,
+        text: bool,
+    ) -> impl Future<Output = Result<bool, RoomGone>> + Send;
+    /// Answer a drain of held reads.
+    fn drained(&mut self, delivered: bool) -> impl Future<Output = Result<(), RoomGone>> + Send;
+    /// The connection is over.
+    fn disconnect(self) -> impl Future<Output = ()> + Send;
+}
+
+/// The room as a connection's peer: messages pass the rate limit and go to its mailbox.
+pub(crate) struct RoomPeer {
+    pub(crate) room: RoomHandle,
+    pub(crate) conn: ConnId,
+    bucket: TokenBucket,
+}
+
+impl RoomPeer {
+    pub(crate) fn new(room: RoomHandle, conn: ConnId, messages_per_second: u32) -> Self {
+        Self {
+            room,
+            conn,
+            bucket: TokenBucket::new(messages_per_second),
+        }
+    }
+}
+
+impl Peer for RoomPeer {
+    fn label(&self) -> &str {
+        self.room.id()
+    }
+
+    async fn message(&mut self, payload: Bytes, text: bool) -> Result<bool, RoomGone> {
+        // Binary frames are read as UTF-8 text, like the Node adapter does; those that are not
+        // UTF-8 are dropped.
+        if !text && std::str::from_utf8(&payload).is_err() {
+            return Ok(false);
+        }
+        if !self.bucket.take() {
+            tracing::debug!(
+                room = self.room.id(),
+                conn = self.conn,
+                "message dropped: rate limit"
+            );
+            return Ok(false);
+        }
+        self.room.message(self.conn, payload).await?;
+        Ok(true)
+    }
+
+    async fn drained(&mut self, delivered: bool) -> Result<(), RoomGone> {
+        self.room.drained(self.conn, delivered).await
+    }
+
+    async fn disconnect(self) {
+        self.room.disconnect(self.conn).await;
+    }
 }
 
 /// What one connection task needs.
-pub(crate) struct Connection {
+pub(crate) struct Connection<P> {
     pub(crate) reader: FrameReader,
     pub(crate) writer: Writer,
     pub(crate) outbox: Arc<Outbox>,
-    pub(crate) room: RoomHandle,
-    pub(crate) conn: ConnId,
+    pub(crate) peer: P,
     pub(crate) shutdown: CancellationToken,
-    pub(crate) messages_per_second: u32,
+    pub(crate) limits: Limits,
 }
 
 /// Most messages one drain of held reads hands over; the rest waits for the next drain.
@@ -58,29 +192,17 @@ const DRAIN_MAX_MESSAGES: usize = 64;
 
 /// What the connection does with what its reader returned.
 enum Step {
-    /// A message for the room.
-    Deliver(Bytes),
-    /// Nothing for the room (a ping, answered; a binary frame that is not UTF-8, dropped).
+    /// A message for the peer.
+    Deliver(Bytes, bool),
+    /// Nothing for the peer (a ping, answered).
     Skip,
     /// The connection is over (a close frame, answered; a protocol error, closed with its code).
     Stop,
 }
 
-fn step(
-    read: Result<Incoming, ReadError>,
-    outbox: &Outbox,
-    room: &RoomHandle,
-    conn: ConnId,
-) -> Step {
+fn step(read: Result<Incoming, ReadError>, outbox: &Outbox, label: &str) -> Step {
     match read {
-        Ok(Incoming::Message { payload, text }) => {
-            // Binary frames are read as UTF-8 text, like the Node adapter does; those that are
-            // not UTF-8 are dropped.
-            if !text && std::str::from_utf8(&payload).is_err() {
-                return Step::Skip;
-            }
-            Step::Deliver(payload)
-        }
+        Ok(Incoming::Message { payload, text }) => Step::Deliver(payload, text),
         Ok(Incoming::Ping(payload)) => {
             outbox.pong(payload);
             Step::Skip
@@ -95,7 +217,7 @@ fn step(
         }
         Err(e) => {
             if let Some(code) = e.close_code() {
-                tracing::debug!(room = room.id(), conn, error = %e, "closing connection");
+                tracing::debug!(room = label, error = %e, "closing connection");
                 outbox.close(CloseFrame {
                     code,
                     reason: e.to_string(),
@@ -106,34 +228,103 @@ fn step(
     }
 }
 
-/// Hand a client's message to the room unless the rate limit drops it: `Ok(false)` when
-/// dropped, `Err` when the room is gone.
-async fn deliver(
-    bucket: &mut TokenBucket,
-    room: &RoomHandle,
-    conn: ConnId,
-    text: Bytes,
-) -> Result<bool, RoomGone> {
-    if !bucket.take() {
-        tracing::debug!(room = room.id(), conn, "message dropped: rate limit");
-        return Ok(false);
-    }
-    room.message(conn, text).await?;
-    Ok(true)
+/// How the connection's loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// A close frame is queued: write it (bounded), then close.
+    Close,
+    /// Drop the connection now (the socket failed, or a deadline passed).
+    Abort,
 }
 
-/// Drive one connected client until either side closes or the server shuts down.
-pub(crate) async fn run(c: Connection) {
+/// The liveness and write deadlines of one connection, on one timer.
+struct Deadlines {
+    limits: Limits,
+    /// While frames wait: when to look for progress, and the progress seen then.
+    write: Option<(Instant, u64)>,
+}
+
+/// What a deadline check found.
+enum Check {
+    /// Look again at this instant.
+    Next(Instant),
+    /// Nothing has come from the client for the liveness timeout.
+    Silent,
+    /// The socket took no byte for the write timeout.
+    Stuck,
+}
+
+impl Deadlines {
+    /// The first check of a connection that was last heard at `last_read`.
+    fn first(&self, last_read: Instant) -> Instant {
+        match self.limits.ping_interval {
+            Some(interval) => last_read + interval,
+            // Far enough to never fire; re-armed when a write deadline starts.
+            None => last_read + Duration::from_secs(86_400 * 365),
+        }
+    }
+
+    /// Frames started to wait at `now`: watch the socket for progress.
+    fn arm_write(&mut self, now: Instant, progress: u64) -> Instant {
+        let at = now + self.limits.write_timeout;
+        self.write = Some((at, progress));
+        at
+    }
+
+    /// The timer fired at `now`. Pings a silent client (through `ping`).
+    fn check(
+        &mut self,
+        now: Instant,
+        last_read: Instant,
+        progress: Option<u64>,
+        ping: impl FnOnce(),
+    ) -> Check {
+        let mut next = self.first(last_read);
+        if let Some(interval) = self.limits.ping_interval {
+            let silent = now.saturating_duration_since(last_read);
+            let timeout = self.limits.liveness_timeout;
+            if silent >= timeout {
+                return Check::Silent;
+            }
+            if silent >= interval {
+                ping();
+            }
+            // The next ping (one interval after this one), or the liveness deadline.
+            let pings = silent.as_nanos() / interval.as_nanos().max(1) + 1;
+            let after = interval
+                .checked_mul(u32::try_from(pings).unwrap_or(u32::MAX))
+                .unwrap_or(timeout);
+            next = last_read + after.min(timeout);
+        }
+        match (self.write, progress) {
+            (Some((at, seen)), Some(progress)) => {
+                if now >= at {
+                    if progress == seen {
+                        return Check::Stuck;
+                    }
+                    let at = self.arm_write(now, progress);
+                    next = next.min(at);
+                } else {
+                    next = next.min(at);
+                }
+            }
+            _ => self.write = None,
+        }
+        Check::Next(next)
+    }
+}
+
+/// Drive one connection until either side closes, a deadline passes or the server shuts
+/// down.
+pub(crate) async fn run<P: Peer>(c: Connection<P>) {
     let Connection {
         mut reader,
         mut writer,
         outbox,
-        room,
-        conn,
+        mut peer,
         shutdown,
-        messages_per_second,
+        limits,
     } = c;
-    let mut bucket = TokenBucket::new(messages_per_second);
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     let mut shutting_down = false;
@@ -142,14 +333,37 @@ pub(crate) async fn run(c: Connection) {
     tokio::pin!(woken);
     let drain = outbox.drain.notified();
     tokio::pin!(drain);
-    loop {
+    let mut deadlines = Deadlines {
+        limits,
+        write: None,
+    };
+    let timer = tokio::time::sleep_until(deadlines.first(reader.last_read()));
+    tokio::pin!(timer);
+    // Frames wait in the outbox: the flush branch runs until they are written.
+    let mut flushing = false;
+    let end = loop {
         tokio::select! {
             biased;
             () = &mut woken => {
                 woken.set(outbox.wake.notified());
-                if writer.flush(&outbox).await.is_err() || outbox.closed_and_flushed() {
-                    break;
+                if outbox.is_closing() {
+                    break End::Close;
                 }
+                if !flushing {
+                    flushing = true;
+                    let at = deadlines.arm_write(Instant::now(), writer.progress(&outbox));
+                    if at < timer.deadline() {
+                        timer.as_mut().reset(at);
+                    }
+                }
+            }
+            flushed = writer.flush(&outbox), if flushing => {
+                if flushed.is_err() {
+                    break End::Abort;
+                }
+                // Everything is written; what a producer queues from now on wakes the task.
+                flushing = false;
+                deadlines.write = None;
             }
             () = &mut drain => {
                 // Held reads (see `low_water`): hand over what arrived, then answer.
@@ -161,15 +375,15 @@ pub(crate) async fn run(c: Connection) {
                     let Some(read) = reader.try_next().transpose() else {
                         break;
                     };
-                    let text = match step(read, &outbox, &room, conn) {
-                        Step::Deliver(text) => text,
+                    let (payload, text) = match step(read, &outbox, peer.label()) {
+                        Step::Deliver(payload, text) => (payload, text),
                         Step::Skip => continue,
                         Step::Stop => {
                             over = true;
                             break;
                         }
                     };
-                    match deliver(&mut bucket, &room, conn, text).await {
+                    match peer.message(payload, text).await {
                         Ok(true) => delivered = true,
                         Ok(false) => continue,
                         Err(RoomGone) => {
@@ -181,40 +395,71 @@ pub(crate) async fn run(c: Connection) {
                     tests::DRAINED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 // When the connection is over, its disconnect answers for it.
-                if over || room.drained(conn, delivered).await.is_err() {
-                    break;
+                if over || peer.drained(delivered).await.is_err() {
+                    break End::Close;
                 }
             }
             () = &mut cancelled, if !shutting_down => {
                 shutting_down = true;
-                outbox.close(CloseFrame {
-                    code: 1001,
-                    reason: "server shutting down".into(),
-                });
+                outbox.close(CloseFrame::going_away());
+            }
+            () = &mut timer => {
+                let progress = flushing.then(|| writer.progress(&outbox));
+                match deadlines.check(Instant::now(), reader.last_read(), progress, || {
+                    outbox.ping(Bytes::new());
+                }) {
+                    Check::Next(at) => timer.as_mut().reset(at),
+                    Check::Silent => {
+                        tracing::debug!(room = peer.label(), "closing connection: no answer to pings");
+                        // Goes out only if the socket takes it at once.
+                        outbox.close(CloseFrame {
+                            code: 1001,
+                            reason: "no answer to pings".into(),
+                        });
+                        break End::Abort;
+                    }
+                    Check::Stuck => {
+                        tracing::debug!(room = peer.label(), "dropping connection: the client stopped reading");
+                        break End::Abort;
+                    }
+                }
             }
             read = reader.next() => {
-                let text = match step(read, &outbox, &room, conn) {
-                    Step::Deliver(text) => text,
+                let (payload, text) = match step(read, &outbox, peer.label()) {
+                    Step::Deliver(payload, text) => (payload, text),
                     Step::Skip => continue,
-                    Step::Stop => break,
+                    Step::Stop => break End::Close,
                 };
-                if deliver(&mut bucket, &room, conn, text).await.is_err() {
-                    break;
+                if peer.message(payload, text).await.is_err() {
+                    break End::Close;
                 }
             }
         }
+    };
+    finish(end, &mut writer, &outbox).await;
+    // The descriptor closes now, even if the peer takes its time to let the connection go.
+    drop((reader, writer));
+    peer.disconnect().await;
+}
+
+/// End a connection: a closing one has [`CLOSE_FLUSH_TIMEOUT`] to write its last frames
+/// (the close frame last), and is reset if they do not get out; an aborted one is reset at
+/// once.
+async fn finish(end: End, writer: &mut Writer, outbox: &Outbox) {
+    if end == End::Close {
+        let flushed = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer.flush(outbox)).await;
+        if matches!(flushed, Ok(Ok(()))) {
+            outbox.shut();
+            return;
+        }
     }
-    // The close frame (ours or the reply to the client's) goes out before the socket closes.
-    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer.flush(&outbox)).await;
-    outbox.shut();
-    room.disconnect(conn).await;
+    outbox.abort();
 }
 
 /// Send `frame` as the only thing on a connection that never joined a room, then end it.
 pub(crate) async fn refuse(mut writer: Writer, outbox: &Outbox, frame: CloseFrame) {
     outbox.close(frame);
-    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, writer.flush(outbox)).await;
-    outbox.shut();
+    finish(End::Close, &mut writer, outbox).await;
 }
 
 /// A token bucket: `rate` tokens per second, holding at most `2 * rate`.

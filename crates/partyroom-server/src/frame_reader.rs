@@ -10,11 +10,16 @@
 //! (an unmasked frame, a reserved opcode, a fragmented or oversize control frame, a
 //! continuation out of place) ends the connection with close code 1002; a message over the
 //! configured limit with 1009, declared before any of it is buffered; a text message that is
-//! not UTF-8 with 1007.
+//! not UTF-8 with 1007. A frame (or fragmented message) that is started but not finished
+//! within the frame timeout ([`FrameReader::with_frame_timeout`]) ends it with 1008, so a
+//! client that sends half a frame and stops does not hold its connection forever.
+
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::tcp::OwnedReadHalf;
+use tokio::time::Instant;
 
 /// Bytes read per `recv` when draining held reads (see [`FrameReader::try_next`]).
 const DRAIN_CHUNK: usize = 4096;
@@ -60,6 +65,10 @@ pub(crate) enum ReadError {
     /// A text message that is not UTF-8: close with 1007.
     #[error("text message is not UTF-8")]
     InvalidUtf8,
+    /// A frame or message was started and not finished within the frame timeout: close with
+    /// 1008.
+    #[error("frame not finished in time")]
+    Timeout,
 }
 
 impl ReadError {
@@ -70,6 +79,7 @@ impl ReadError {
             ReadError::Protocol(_) => Some(1002),
             ReadError::TooBig => Some(1009),
             ReadError::InvalidUtf8 => Some(1007),
+            ReadError::Timeout => Some(1008),
         }
     }
 }
@@ -90,6 +100,12 @@ pub(crate) struct FrameReader {
     read_chunk: usize,
     /// The last read of this drain returned less than asked: the socket is empty.
     drained: bool,
+    /// When the client last sent anything (any bytes: messages, pongs, parts of frames).
+    last_read: Instant,
+    /// How long a started frame or message may take to finish; `None`: forever.
+    frame_timeout: Option<Duration>,
+    /// When the frame or message now unfinished was found unfinished.
+    partial_since: Option<Instant>,
 }
 
 impl FrameReader {
@@ -107,7 +123,28 @@ impl FrameReader {
             max_message,
             read_chunk: read_chunk.max(64),
             drained: false,
+            last_read: Instant::now(),
+            frame_timeout: None,
+            partial_since: None,
         }
+    }
+
+    /// End the connection with [`ReadError::Timeout`] when a frame or fragmented message
+    /// is not finished within `timeout` of the moment it was found unfinished.
+    #[must_use]
+    pub(crate) fn with_frame_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.frame_timeout = timeout;
+        self
+    }
+
+    /// When the client last sent any bytes (or when the reader was made).
+    pub(crate) fn last_read(&self) -> Instant {
+        self.last_read
+    }
+
+    /// Whether part of a frame or of a fragmented message is buffered.
+    fn partial(&self) -> bool {
+        !self.buf.is_empty() || self.fragments.is_some()
     }
 
     /// The next message, ping or close. Cancel-safe: bytes already read stay buffered.
@@ -118,9 +155,18 @@ impl FrameReader {
                     // An idle connection keeps no buffer.
                     self.buf = BytesMut::new();
                 }
+                self.partial_since = None;
                 return Ok(incoming);
             }
-            self.fill().await?;
+            match self.frame_timeout {
+                Some(timeout) if self.partial() => {
+                    let since = *self.partial_since.get_or_insert_with(Instant::now);
+                    tokio::time::timeout_at(since + timeout, self.fill())
+                        .await
+                        .map_err(|_| ReadError::Timeout)??;
+                }
+                _ => self.fill().await?,
+            }
         }
     }
 
@@ -162,6 +208,7 @@ impl FrameReader {
                 Ok((0, _)) => return Err(ReadError::Ended),
                 Ok((n, _)) => {
                     self.drained = n < chunk.len();
+                    self.last_read = Instant::now();
                     self.buf.extend_from_slice(&chunk[..n]);
                 }
                 Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
@@ -206,6 +253,7 @@ impl FrameReader {
         if n == 0 {
             return Err(ReadError::Ended);
         }
+        self.last_read = Instant::now();
         Ok(())
     }
 

@@ -11,8 +11,15 @@
 //! The room writes its frames straight to the socket when it can take them, and into a
 //! bounded queue that the connection's task drains when it cannot (see
 //! [`partyroom_room::RoomConfig::outgoing_queue`]). Shutdown is passed in explicitly.
+//!
+//! No peer can hold a connection forever: connections are counted from `accept`, and
+//! headers, bodies, frames, writes and silent clients all have deadlines (see
+//! [`ServerConfig`]).
 
 mod connection;
+#[cfg(feature = "autobahn-echo")]
+pub mod echo;
+mod fd_limit;
 mod frame_reader;
 mod handshake;
 mod listener;
@@ -21,5 +28,6 @@ mod outbox;
 pub mod path;
 mod server;
 
+pub use fd_limit::{FdLimit, raise_fd_limit};
 pub use listener::{LISTEN_BACKLOG, bind};
 pub use server::{Server, ServerConfig, constant_time_eq, shutdown_signal};

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use partyroom_room::{CloseFrame, ConnectionSink, SinkStatus};
@@ -27,7 +27,9 @@ const WRITEV_FRAMES: usize = 32;
 
 /// WebSocket opcodes the server sends.
 const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
 /// One queued frame: its header and its payload (shared with the other receivers).
@@ -92,6 +94,14 @@ struct State {
     closing: bool,
     /// The socket failed or the connection ended: nothing more is accepted or written.
     dead: bool,
+    /// Bytes the connection task has written from the queue, ever (its write deadline
+    /// watches this for progress).
+    progress: u64,
+    /// The socket, for direct writes; unset until the upgrade completes, never set for
+    /// transports that are not a plain TCP stream (their frames always go through the
+    /// queue), and dropped when the connection ends, so that its descriptor is freed even
+    /// while the room still holds this outbox.
+    socket: Option<Arc<OwnedWriteHalf>>,
 }
 
 /// The outgoing side of one WebSocket connection. See the module documentation.
@@ -102,9 +112,6 @@ pub(crate) struct Outbox {
     pub(crate) wake: Notify,
     /// Asks the connection task to drain its held reads (see `low_water`).
     pub(crate) drain: Notify,
-    /// The socket, for direct writes; unset until the upgrade completes, and never set for
-    /// transports that are not a plain TCP stream (their frames always go through the queue).
-    direct: OnceLock<Arc<OwnedWriteHalf>>,
     /// Most frames that may wait for a slow client.
     max_queued: usize,
 }
@@ -115,14 +122,16 @@ impl Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             drain: Notify::new(),
-            direct: OnceLock::new(),
             max_queued: max_queued.max(1),
         }
     }
 
     /// Let producers write straight to `socket` from now on.
     pub(crate) fn attach(&self, socket: Arc<OwnedWriteHalf>) {
-        let _ = self.direct.set(socket);
+        let mut st = self.lock();
+        if !st.dead {
+            st.socket = Some(socket);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -145,7 +154,7 @@ impl Outbox {
     /// Write `entry` at once if nothing is queued before it, else queue it.
     fn push_locked(&self, st: &mut State, entry: Pending) -> SinkStatus {
         if st.queue.is_empty()
-            && let Some(socket) = self.direct.get()
+            && let Some(socket) = &st.socket
         {
             // Straight to the socket (the fd is non-blocking): tokio's readiness is not
             // consulted here, which saves a cache miss per frame and receiver. When the socket
@@ -173,6 +182,30 @@ impl Outbox {
     /// Answer a ping. Dropped when the connection is closing or its queue is full.
     pub(crate) fn pong(&self, payload: Bytes) {
         let _ = self.enqueue(Pending::frame(OP_PONG, payload));
+    }
+
+    /// Send a ping (liveness check). Dropped when the connection is closing or its queue is
+    /// full.
+    pub(crate) fn ping(&self, payload: Bytes) {
+        let _ = self.enqueue(Pending::frame(OP_PING, payload));
+    }
+
+    /// Send a binary message. The server itself sends text only; the conformance echo
+    /// sends binary messages back as binary.
+    #[cfg_attr(not(feature = "autobahn-echo"), allow(dead_code))]
+    pub(crate) fn send_binary(&self, payload: Bytes) -> SinkStatus {
+        self.enqueue(Pending::frame(OP_BINARY, payload))
+    }
+
+    /// Bytes written from the queue so far (see [`flush_direct`](Self::flush_direct)).
+    pub(crate) fn progress(&self) -> u64 {
+        self.lock().progress
+    }
+
+    /// Whether the connection is closing (a close frame is queued or written) or dead.
+    pub(crate) fn is_closing(&self) -> bool {
+        let st = self.lock();
+        st.closing || st.dead
     }
 
     /// Write what is queued to the socket, waiting for it to become writable as needed.
@@ -203,6 +236,7 @@ impl Outbox {
                             return Err(io::ErrorKind::WriteZero.into());
                         }
                         Ok(mut n) => {
+                            st.progress += n as u64;
                             // Drop the frames written whole; remember how far into the next.
                             while n > 0 {
                                 let left = st.queue[0].len() - st.written;
@@ -246,16 +280,34 @@ impl Outbox {
     }
 
     /// Whether a close frame was queued and everything up to it has been written.
+    #[cfg(test)]
     pub(crate) fn closed_and_flushed(&self) -> bool {
         let st = self.lock();
         st.dead || (st.closing && st.queue.is_empty())
     }
 
-    /// The connection ended: refuse everything from now on and drop what waits.
+    /// The connection ended: refuse everything from now on, drop what waits and let go of
+    /// the socket.
     pub(crate) fn shut(&self) {
         let mut st = self.lock();
         st.dead = true;
         st.queue.clear();
+        st.socket = None;
+    }
+
+    /// End the connection at once: what the kernel still holds for the peer is discarded
+    /// and the connection reset (`SO_LINGER` 0) when the socket closes, so that a peer that
+    /// stopped reading costs no kernel memory after it is dropped.
+    pub(crate) fn abort(&self) {
+        let mut st = self.lock();
+        if let Some(socket) = &st.socket {
+            let stream: &tokio::net::TcpStream = (**socket).as_ref();
+            let _ =
+                rustix::net::sockopt::set_socket_linger(stream, Some(std::time::Duration::ZERO));
+        }
+        st.dead = true;
+        st.queue.clear();
+        st.socket = None;
     }
 }
 
@@ -284,11 +336,12 @@ impl ConnectionSink for Outbox {
     /// Held reads work on a plain TCP socket (on Linux): the socket's receive low-water mark
     /// is raised so that the kernel does not signal each small message.
     fn hold_reads(&self, hold: bool) -> bool {
-        let Some(socket) = self.direct.get() else {
+        let st = self.lock();
+        let Some(socket) = &st.socket else {
             return false;
         };
         let mark = if hold { low_water::HELD } else { 1 };
-        low_water::set(socket.as_ref().as_ref(), mark)
+        low_water::set((**socket).as_ref(), mark)
     }
 
     fn drain_held(&self) {

@@ -1,7 +1,8 @@
 //! Routing `/parties/...` to rooms, and serving with graceful shutdown.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -15,11 +16,11 @@ use partyroom_room::{
     ConnectError, ConnectRequest, ConnectionSink, LookupError, RoomRequest, RoomResponse, Rooms,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, Connection, Writer};
+use crate::connection::{self, Connection, Limits, RoomPeer, Writer};
 use crate::frame_reader::{FrameReader, Source};
 use crate::handshake::Handshake;
 use crate::outbox::Outbox;
@@ -36,9 +37,16 @@ const HANDSHAKE_HEADERS: [&str; 6] = [
 ];
 
 /// Limits of the server. Every limit is explicit; the defaults suit a public game server.
+///
+/// Every deadline exists so that no peer can hold a connection, a task or kernel memory
+/// forever: a client that never finishes its headers, its request body, a frame or its
+/// reads, or that stops answering, is dropped after a bounded time.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Concurrent WebSocket connections; upgrades beyond it get `503`. Default 100,000.
+    /// Concurrent connections, counted from `accept`: plain HTTP connections, unfinished
+    /// handshakes and WebSockets alike. A connection beyond it is answered `503` and closed
+    /// at once. Default 100,000. The process's open-file limit caps connections too (one
+    /// descriptor each; see [`crate::raise_fd_limit`]).
     pub max_connections: usize,
     /// Largest accepted WebSocket message and frame. Default 64 KiB.
     pub max_message_bytes: usize,
@@ -58,8 +66,34 @@ pub struct ServerConfig {
     /// configured, every such request is refused.
     pub shard_secret: Option<String>,
     /// How long a client may take to send an HTTP request's headers (on a new connection or
-    /// between keep-alive requests) before the connection is closed. Default 30 s.
-    pub header_read_timeout: std::time::Duration,
+    /// between keep-alive requests; this bounds a WebSocket handshake too) before the
+    /// connection is closed. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send an HTTP request's body; past it the request is
+    /// answered `408` and the connection closed. Default 10 s.
+    pub body_read_timeout: Duration,
+    /// Ping a WebSocket client that has sent nothing for this long (and again each interval
+    /// while it stays silent). `None`: no pings and no liveness check. Default 25 s.
+    pub ping_interval: Option<Duration>,
+    /// Drop a WebSocket client from which nothing at all (a message, a pong, a part of a
+    /// frame) has come for this long. Applies with [`ping_interval`](Self::ping_interval)
+    /// set; give it more than one interval. Default 60 s.
+    pub liveness_timeout: Duration,
+    /// How long a frame (or a fragmented message) may take to arrive once it has started;
+    /// past it the connection is closed with 1008. `None`: no limit. Default 15 s.
+    pub frame_read_timeout: Option<Duration>,
+    /// Drop a WebSocket connection when frames wait for it and its socket takes none of
+    /// their bytes for this long (a client that stopped reading). Its descriptor is freed and
+    /// what the kernel held for it discarded. Default 10 s.
+    pub write_timeout: Duration,
+    /// The kernel send buffer of each WebSocket (`SO_SNDBUF`; Linux doubles the value for
+    /// its bookkeeping). Without a cap the kernel grows it up to the system maximum
+    /// (megabytes) for a client that does not read, before the outgoing queue even starts.
+    /// `None` leaves the kernel's automatic sizing. Default 32 KiB.
+    pub send_buffer_bytes: Option<usize>,
+    /// How long [`Server::serve`] waits for connections to close after its shutdown signal
+    /// before saving the rooms and returning anyway. Default 10 s.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -71,7 +105,14 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             max_messages_per_second: 100,
             shard_secret: None,
-            header_read_timeout: std::time::Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            ping_interval: Some(Duration::from_secs(25)),
+            liveness_timeout: Duration::from_secs(60),
+            frame_read_timeout: Some(Duration::from_secs(15)),
+            write_timeout: Duration::from_secs(10),
+            send_buffer_bytes: Some(32 * 1024),
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -98,6 +139,23 @@ pub struct Server {
     shared: Arc<Shared>,
     extra: Router,
 }
+
+/// The connection-count permit of one accepted TCP connection, put in each of its requests'
+/// extensions: an upgrade takes it along into the WebSocket's task, so that a connection is
+/// counted once from `accept` to its end.
+#[derive(Clone)]
+struct ConnPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl ConnPermit {
+    fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// What a connection refused at `accept` is sent (if its socket takes it at once).
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\ncontent-length: 32\r\nconnection: close\r\n\r\n\
+{\"error\":\"Too many connections\"}";
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,8 +206,9 @@ impl Server {
         parties.merge(self.extra.clone())
     }
 
-    /// Serve until `shutdown` completes; then stop accepting, close every WebSocket with 1001
-    /// and wait for the connection tasks to finish.
+    /// Serve until `shutdown` completes; then stop accepting, close every WebSocket with 1001,
+    /// wait for the connection tasks to finish (at most
+    /// [`ServerConfig::shutdown_timeout`]) and save every room.
     ///
     /// Each accepted TCP connection is served by hyper (HTTP/1.1) in its own task; an
     /// upgraded WebSocket continues in a task of its own, whose socket the room writes to
@@ -160,7 +219,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let token = self.shared.shutdown.clone();
-        let service = TowerToHyperService::new(self.router());
+        let router = self.router();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.keep_alive(true)
             .timer(hyper_util::rt::TokioTimer::new())
@@ -177,11 +236,22 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
+                tracing::debug!("connection refused: max_connections reached");
+                let _ = tcp.try_write(TOO_MANY_CONNECTIONS);
+                continue;
+            };
             // Small frames must leave at once: Nagle's algorithm would hold them for up to
             // 40 ms.
             let _ = tcp.set_nodelay(true);
+            let permit = ConnPermit(Arc::new(Mutex::new(Some(permit))));
+            let mut router = router.clone();
+            let service = TowerToHyperService::new(tower_service_fn(move |mut req: Request| {
+                req.extensions_mut().insert(permit.clone());
+                tower_service::Service::call(&mut router, req)
+            }));
             let conn = http
-                .serve_connection(TokioIo::new(tcp), service.clone())
+                .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             let stop = token.clone();
             self.shared.tasks.spawn(async move {
@@ -198,8 +268,17 @@ impl Server {
         drop(listener);
         token.cancel();
         self.shared.tasks.close();
-        self.shared.tasks.wait().await;
-        // Every connection is closed; save every room before returning.
+        let deadline = self.shared.config.shutdown_timeout;
+        if tokio::time::timeout(deadline, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = self.shared.tasks.len(),
+                "connections still open after the shutdown timeout; saving the rooms anyway"
+            );
+        }
+        // Save every room before returning, whatever the connections do.
         self.shared.rooms.shutdown().await;
         Ok(())
     }
@@ -250,9 +329,9 @@ async fn handle_party(State(shared): State<Arc<Shared>>, request: Request) -> Re
         return upgrade(shared, room, path, request).await;
     }
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, shared.config.max_body_bytes).await {
+    let body = match read_body(&parts.headers, body, &shared.config).await {
         Ok(b) => b,
-        Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"),
+        Err(refusal) => return refusal,
     };
     let req = RoomRequest {
         method: parts.method,
@@ -287,10 +366,17 @@ async fn upgrade(
     let (mut parts, _) = request.into_parts();
     let handshake = match Handshake::check(&mut parts) {
         Ok(h) => h,
-        Err(e) => return json_error(e.status(), &e.to_string()),
+        Err(e) => return handshake_refusal(e),
     };
-    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Too many connections");
+    // Served by `serve`, the connection's own permit goes on with the WebSocket; under any
+    // other server, the WebSocket needs one of its own.
+    let counted = parts.extensions.get::<ConnPermit>().cloned();
+    let own_permit = match &counted {
+        Some(_) => None,
+        None => match shared.connections.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => return json_error(StatusCode::SERVICE_UNAVAILABLE, "Too many connections"),
+        },
     };
     let query: Vec<(String, String)> = parts
         .uri
@@ -345,6 +431,9 @@ async fn upgrade(
     if !admitted {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Room unavailable");
     }
+    let Some(permit) = own_permit.or_else(|| counted.and_then(|c| c.take())) else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "Too many connections");
+    };
     let shared2 = shared.clone();
     let response = handshake.response();
     let on_upgrade = handshake.on_upgrade;
@@ -369,14 +458,14 @@ async fn upgrade(
             });
             match room.connect(req).await {
                 Ok(conn) => {
+                    let config = &shared2.config;
                     connection::run(Connection {
                         reader,
                         writer,
                         outbox,
-                        room,
-                        conn,
+                        peer: RoomPeer::new(room, conn, config.max_messages_per_second),
                         shutdown: shared2.shutdown.clone(),
-                        messages_per_second: shared2.config.max_messages_per_second,
+                        limits: Limits::of(config),
                     })
                     .await;
                     return;
@@ -402,15 +491,19 @@ async fn upgrade(
 /// The upgraded connection as a WebSocket reader and a writer. A plain TCP stream (what
 /// [`Server::serve`] accepts) is split so that the room can write to it directly; any other
 /// transport (a router served by something else) is written by the connection task alone.
-fn socket_parts(
+pub(crate) fn socket_parts(
     upgraded: Upgraded,
     outbox: &Arc<Outbox>,
     config: &ServerConfig,
 ) -> (FrameReader, Writer) {
     let (max_message, read_chunk) = (config.max_message_bytes, config.read_buffer_bytes);
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
+    let (reader, writer) = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let (read, write) = parts.io.into_inner().into_split();
+            let tcp = parts.io.into_inner();
+            if let Some(bytes) = config.send_buffer_bytes {
+                let _ = rustix::net::sockopt::set_socket_send_buffer_size(&tcp, bytes);
+            }
+            let (read, write) = tcp.into_split();
             let write = Arc::new(write);
             outbox.attach(write.clone());
             let reader =
@@ -420,8 +513,91 @@ fn socket_parts(
         Err(upgraded) => {
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             let reader = FrameReader::new(Source::Io(Box::new(read)), &[], max_message, read_chunk);
-            (reader, Writer::Io(Box::new(write)))
+            (reader, Writer::io(Box::new(write)))
         }
+    };
+    (reader.with_frame_timeout(config.frame_read_timeout), writer)
+}
+
+impl Limits {
+    /// A connection's deadlines under `config`.
+    pub(crate) fn of(config: &ServerConfig) -> Self {
+        Self {
+            ping_interval: config.ping_interval,
+            liveness_timeout: config.liveness_timeout,
+            write_timeout: config.write_timeout,
+        }
+    }
+}
+
+/// Read a request's body within the size limit and the body timeout: `413` when it is too
+/// large, `408` when it does not arrive in time, `400` when it is malformed (a broken
+/// chunked encoding) or the connection fails; each closes the connection.
+async fn read_body(
+    headers: &http::HeaderMap,
+    body: Body,
+    config: &ServerConfig,
+) -> Result<bytes::Bytes, Response> {
+    // A declared length over the limit is refused before any of the body is waited for.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let read = axum::body::to_bytes(body, config.max_body_bytes);
+    let refusal = match declared {
+        Some(n) if n > config.max_body_bytes as u64 => {
+            json_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+        }
+        _ => match tokio::time::timeout(config.body_read_timeout, read).await {
+            Ok(Ok(body)) => return Ok(body),
+            Ok(Err(e)) => {
+                let too_large = e
+                    .into_inner()
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                if too_large {
+                    json_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+                } else {
+                    json_error(StatusCode::BAD_REQUEST, "Malformed request body")
+                }
+            }
+            Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, "Request body timeout"),
+        },
+    };
+    let mut refusal = refusal;
+    refusal
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Err(refusal)
+}
+
+/// A tower service out of a closure (`tower::service_fn`, without the dependency).
+fn tower_service_fn<F>(f: F) -> ServiceFn<F> {
+    ServiceFn(f)
+}
+
+/// See [`tower_service_fn`].
+#[derive(Clone)]
+struct ServiceFn<F>(F);
+
+impl<F, Fut> tower_service::Service<http::Request<hyper::body::Incoming>> for ServiceFn<F>
+where
+    F: FnMut(Request) -> Fut,
+    Fut: Future<Output = Result<Response, std::convert::Infallible>>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Fut;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        (self.0)(req.map(Body::new))
     }
 }
 
@@ -439,6 +615,19 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A refused handshake: its status, with the headers the RFC asks for (the version this
+/// server speaks, after a version it does not).
+pub(crate) fn handshake_refusal(e: crate::handshake::HandshakeError) -> Response {
+    let mut response = json_error(e.status(), &e.to_string());
+    for (name, value) in e.headers() {
+        response.headers_mut().insert(
+            http::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    response
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {

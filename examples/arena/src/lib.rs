@@ -218,6 +218,9 @@ pub struct Options {
     pub hold_reads: bool,
     /// Messages each client may send per second (the server's default, 100, when `None`).
     pub max_messages_per_second: Option<u32>,
+    /// Connections the server holds at once (`ServerConfig::max_connections`: the server's
+    /// default, 100,000, when `None`).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Options {
@@ -229,6 +232,7 @@ impl Default for Options {
             sync_throttle: None,
             hold_reads: true,
             max_messages_per_second: None,
+            max_connections: None,
         }
     }
 }
@@ -259,6 +263,9 @@ pub fn server(options: &Options) -> Server {
     let mut config = partyroom::server::ServerConfig::default();
     if let Some(limit) = options.max_messages_per_second {
         config.max_messages_per_second = limit;
+    }
+    if let Some(limit) = options.max_connections {
+        config.max_connections = limit;
     }
     Server::with_config(rooms(options), config).merge(
         axum::Router::new()

@@ -42,6 +42,12 @@ struct Args {
     /// twice as many pass). Default 100.
     #[arg(long)]
     max_messages_per_second: Option<u32>,
+    /// Open connections the server holds at once. This limit counts every open TCP
+    /// connection: HTTP requests, WebSocket handshakes in progress, and WebSockets. The other
+    /// caps are the process's open-file limit (RLIMIT_NOFILE, raised to its hard limit at
+    /// start; each connection uses one descriptor) and the kernel's accept queue.
+    #[arg(long, env = "PARTYROOM_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: usize,
     /// Runtime worker threads (default: the CPUs this process may run on). With 1, the
     /// server runs on tokio's single-threaded runtime, which wakes up for less.
     #[arg(long, env = "PARTYROOM_THREADS")]
@@ -61,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    partyroom::server::FdLimit::raise_and_log(args.max_connections);
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -95,6 +102,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         sync_throttle: args.sync_throttle_ms.map(Duration::from_millis),
         hold_reads: !args.no_hold_reads,
         max_messages_per_second: args.max_messages_per_second,
+        max_connections: Some(args.max_connections),
     };
     let listener = partyroom::server::bind((args.host.as_str(), args.port))
         .await
