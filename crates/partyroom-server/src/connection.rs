@@ -666,6 +666,75 @@ mod tests {
         let _ = stop.send(());
     }
 
+    fn deadlines(ping: Option<u64>) -> super::Deadlines {
+        super::Deadlines {
+            limits: super::Limits {
+                ping_interval: ping.map(Duration::from_secs),
+                liveness_timeout: Duration::from_secs(60),
+                write_timeout: Duration::from_secs(10),
+            },
+            write: None,
+        }
+    }
+
+    fn next(check: super::Check) -> tokio::time::Instant {
+        match check {
+            super::Check::Next(at) => at,
+            super::Check::Silent => panic!("silent"),
+            super::Check::Stuck => panic!("stuck"),
+        }
+    }
+
+    /// A silent client is pinged at 25 s and 50 s after it was last heard, and found silent at
+    /// 60 s; one heard meanwhile is not pinged and its next check moves with it.
+    #[tokio::test(start_paused = true)]
+    async fn silent_clients_are_pinged_each_interval_until_the_timeout() {
+        let t0 = tokio::time::Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut d = deadlines(Some(25));
+        assert_eq!(d.first(t0), s(25));
+        let mut pings = 0;
+        assert_eq!(next(d.check(s(25), t0, None, || pings += 1)), s(50));
+        assert_eq!(next(d.check(s(50), t0, None, || pings += 1)), s(60));
+        assert_eq!(pings, 2);
+        assert!(matches!(
+            d.check(s(60), t0, None, || pings += 1),
+            super::Check::Silent
+        ));
+        // Heard at 20 s: nothing to do at 25 s, the next check is at 45 s.
+        let mut pinged = false;
+        assert_eq!(next(d.check(s(25), s(20), None, || pinged = true)), s(45));
+        assert!(!pinged);
+        // No pings: no liveness check either, however long the silence.
+        let mut off = deadlines(None);
+        assert!(matches!(
+            off.check(s(86_400), t0, None, || pinged = true),
+            super::Check::Next(_)
+        ));
+        assert!(!pinged);
+    }
+
+    /// The write deadline: no byte written in the write timeout is stuck; progress re-arms it.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_progress_for_the_timeout_is_stuck() {
+        let t0 = tokio::time::Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut d = deadlines(Some(25));
+        assert_eq!(d.arm_write(t0, 5), s(10));
+        // Before the deadline: look again at it.
+        assert_eq!(next(d.check(s(5), s(5), Some(5), || {})), s(10));
+        // Progress by then: a new deadline from now.
+        assert_eq!(next(d.check(s(10), s(10), Some(9), || {})), s(20));
+        assert!(matches!(
+            d.check(s(20), s(20), Some(9), || {}),
+            super::Check::Stuck
+        ));
+        // Flushed meanwhile (no progress to watch): the write deadline is gone.
+        d.arm_write(s(20), 9);
+        assert_eq!(next(d.check(s(30), s(30), None, || {})), s(55));
+        assert!(d.write.is_none());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn bucket_allows_bursts_then_the_rate() {
         let mut b = TokenBucket::new(10);
