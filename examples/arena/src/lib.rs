@@ -221,6 +221,11 @@ pub struct Options {
     /// Connections the server holds at once (`ServerConfig::max_connections`: the server's
     /// default, 100,000, when `None`).
     pub max_connections: Option<usize>,
+    /// Ping a WebSocket client silent for this long (`Some(Duration::ZERO)`: no pings and no
+    /// liveness check; `None`: the server's default, 25 s).
+    pub ping_interval: Option<Duration>,
+    /// Drop a WebSocket client silent for this long (the server's default, 60 s, when `None`).
+    pub liveness_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -233,6 +238,8 @@ impl Default for Options {
             hold_reads: true,
             max_messages_per_second: None,
             max_connections: None,
+            ping_interval: None,
+            liveness_timeout: None,
         }
     }
 }
@@ -266,6 +273,12 @@ pub fn server(options: &Options) -> Server {
     }
     if let Some(limit) = options.max_connections {
         config.max_connections = limit;
+    }
+    if let Some(interval) = options.ping_interval {
+        config.ping_interval = (!interval.is_zero()).then_some(interval);
+    }
+    if let Some(timeout) = options.liveness_timeout {
+        config.liveness_timeout = timeout;
     }
     Server::with_config(rooms(options), config).merge(
         axum::Router::new()

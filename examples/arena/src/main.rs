@@ -48,6 +48,14 @@ struct Args {
     /// start; each connection uses one descriptor) and the kernel's accept queue.
     #[arg(long, env = "PARTYROOM_MAX_CONNECTIONS", default_value_t = 100_000)]
     max_connections: usize,
+    /// Ping a WebSocket client that has sent nothing for this many milliseconds, and again
+    /// each interval while it stays silent (0: no pings and no liveness check). Default 25,000.
+    #[arg(long)]
+    ping_interval_ms: Option<u64>,
+    /// Drop a WebSocket client from which nothing (a message, a pong) has come for this many
+    /// milliseconds. Default 60,000.
+    #[arg(long)]
+    liveness_timeout_ms: Option<u64>,
     /// Runtime worker threads (default: the CPUs this process may run on). With 1, the
     /// server runs on tokio's single-threaded runtime, which wakes up for less.
     #[arg(long, env = "PARTYROOM_THREADS")]
@@ -103,6 +111,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         hold_reads: !args.no_hold_reads,
         max_messages_per_second: args.max_messages_per_second,
         max_connections: Some(args.max_connections),
+        ping_interval: args.ping_interval_ms.map(Duration::from_millis),
+        liveness_timeout: args.liveness_timeout_ms.map(Duration::from_millis),
     };
     let listener = partyroom::server::bind((args.host.as_str(), args.port))
         .await
