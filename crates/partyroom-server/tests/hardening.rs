@@ -33,15 +33,21 @@ impl Room for Hard {
             .outgoing_queue(8)
     }
     fn handlers(h: &mut Handlers<Self>) {
-        h.action("inc", |r: &mut Self, _cx, ()| r.count += 1)
-            // A patch of `n` KiB for everyone, different each time.
-            .action("blob", |r: &mut Self, _cx, n: Value| {
-                let n = n.as_u64().unwrap_or(1) as usize;
-                let c = char::from(b'a' + (r.count % 26) as u8);
-                r.count += 1;
-                r.blob = c.to_string().repeat(n * 1024);
-            });
+        blob_handlers(h, |r| (&mut r.count, &mut r.blob));
     }
+}
+
+/// `inc`, and `blob`: a patch of `n` KiB for everyone, different each time.
+fn blob_handlers<R: Room>(h: &mut Handlers<R>, fields: fn(&mut R) -> (&mut i64, &mut String)) {
+    h.action("inc", move |r: &mut R, _cx, ()| *fields(r).0 += 1)
+        .action("blob", move |r: &mut R, _cx, n: Value| {
+            let (count, blob) = fields(r);
+            let c = char::from(b'a' + (*count % 26) as u8);
+            *count += 1;
+            *blob = c
+                .to_string()
+                .repeat(n.as_u64().unwrap_or(1) as usize * 1024);
+        });
 }
 
 /// As [`Hard`], with a room's default queue of 1,024 frames: a client that does not read
@@ -57,14 +63,7 @@ impl Room for Wide {
         RoomConfig::new("wide").throttle_storage(Duration::from_secs(600))
     }
     fn handlers(h: &mut Handlers<Self>) {
-        h.action("inc", |r: &mut Self, _cx, ()| r.count += 1)
-            .action("blob", |r: &mut Self, _cx, n: Value| {
-                let n = n.as_u64().unwrap_or(1) as usize;
-                r.count += 1;
-                r.blob = char::from(b'a' + (r.count % 26) as u8)
-                    .to_string()
-                    .repeat(n * 1024);
-            });
+        blob_handlers(h, |r| (&mut r.count, &mut r.blob));
     }
 }
 
@@ -116,6 +115,25 @@ async fn serve(config: ServerConfig) -> Running {
         stop: Some(stop),
         served,
     }
+}
+
+/// The `count` the room `room` saved.
+fn saved_count(storage: &MemoryStorage, room: &str) -> Option<i64> {
+    let saved = storage.room(&RoomKey::new("main", room));
+    saved.get("state/count").and_then(Value::as_i64)
+}
+
+/// The code of the first close frame among `frames`.
+fn close_code(frames: &[(u8, Vec<u8>)]) -> Option<u16> {
+    frames
+        .iter()
+        .find(|(op, _)| *op == 0x8)
+        .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
+}
+
+/// Whether a close frame is among `frames`.
+fn has_close(frames: &[(u8, Vec<u8>)]) -> bool {
+    close_code(frames).is_some()
 }
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -364,13 +382,7 @@ async fn shutdown_with_a_stuck_client_finishes_and_saves() {
         .shut_down(Duration::from_secs(6))
         .await
         .expect("shutdown finishes with a client that does not read");
-    let saved = storage.room(&RoomKey::new("main", "wide"));
-    assert_eq!(
-        saved.get("state/count"),
-        Some(&Value::from(51)),
-        "{:?}",
-        saved.keys()
-    );
+    assert_eq!(saved_count(&storage, "wide"), Some(51));
 }
 
 /// The shutdown deadline: a request whose body never finishes holds its HTTP connection;
@@ -401,13 +413,7 @@ async fn shutdown_is_bounded_by_its_timeout_and_still_saves() {
         .await
         .expect("serve returns after its shutdown timeout");
     assert!(started.elapsed() < Duration::from_secs(3));
-    let saved = storage.room(&RoomKey::new("main", "hard"));
-    assert_eq!(
-        saved.get("state/count"),
-        Some(&Value::from(1)),
-        "{:?}",
-        saved.keys()
-    );
+    assert_eq!(saved_count(&storage, "hard"), Some(1));
 }
 
 /// Issue item 2: a silent client is pinged each interval and dropped after the liveness
@@ -473,28 +479,20 @@ async fn half_a_frame_is_closed_after_the_frame_timeout() {
         let (mut s, rest) = raw_ws(server.addr, None).await;
         let frame = client_frame(0x1, br#"{"action":"inc","value":null}"#);
         s.write_all(&frame[..cut]).await.unwrap();
-        let (frames, _) = read_frames(&mut s, rest, Duration::from_secs(3), |f| {
-            f.iter().any(|(op, _)| *op == 0x8)
-        })
-        .await;
-        let close = frames.iter().find(|(op, _)| *op == 0x8);
-        let code = close.map(|(_, p)| u16::from_be_bytes([p[0], p[1]]));
-        assert_eq!(code, Some(1008), "cut after {cut} bytes: {frames:?}");
+        let (frames, _) = read_frames(&mut s, rest, Duration::from_secs(3), has_close).await;
+        assert_eq!(
+            close_code(&frames),
+            Some(1008),
+            "cut after {cut} bytes: {frames:?}"
+        );
     }
     // A fragmented message that never ends, too.
     let (mut s, rest) = raw_ws(server.addr, None).await;
     let mut first = client_frame(0x1, b"{\"action\"");
     first[0] &= 0x7F; // not FIN
     s.write_all(&first).await.unwrap();
-    let (frames, _) = read_frames(&mut s, rest, Duration::from_secs(3), |f| {
-        f.iter().any(|(op, _)| *op == 0x8)
-    })
-    .await;
-    let code = frames
-        .iter()
-        .find(|(op, _)| *op == 0x8)
-        .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]));
-    assert_eq!(code, Some(1008));
+    let (frames, _) = read_frames(&mut s, rest, Duration::from_secs(3), has_close).await;
+    assert_eq!(close_code(&frames), Some(1008));
     server.shut_down(Duration::from_secs(5)).await.unwrap();
 }
 
@@ -516,22 +514,17 @@ async fn the_kernel_send_buffer_is_capped() {
     // Read now, before the close deadline: what arrives before the close frame is what the
     // kernel buffers held.
     let mut before_close = 0usize;
-    let (frames, _) = read_frames(&mut stuck, rest, Duration::from_secs(3), |f| {
-        f.iter().any(|(op, _)| *op == 0x8)
-    })
-    .await;
-    let mut code = None;
+    let (frames, _) = read_frames(&mut stuck, rest, Duration::from_secs(3), has_close).await;
     for (op, payload) in &frames {
         if *op == 0x8 {
-            code = Some(u16::from_be_bytes([payload[0], payload[1]]));
             break;
         }
         before_close += payload.len();
     }
-    assert_eq!(code, Some(1013), "closed as too slow");
-    // 32 KiB asked, 64 KiB with the kernel's doubling; the client's 16 KiB (32 KiB); one
-    // 60 KiB frame being written when the queue was dropped; and the queue's eight frames
-    // written since the client started reading is not possible: the queue was dropped.
+    assert_eq!(close_code(&frames), Some(1013), "closed as too slow");
+    // The server's 32 KiB (64 KiB as the kernel counts it), the client's 16 KiB (32 KiB), and
+    // the 60 KiB frame that was being written when the queue was dropped; without the cap
+    // the kernel absorbed all 2.4 MB here, and the queue never filled.
     assert!(
         before_close <= 300 * 1024,
         "{before_close} bytes absorbed by the kernel for a client that does not read"
