@@ -102,10 +102,29 @@ impl RoomHandle {
 
     /// Deliver a text message from a client. Waits while the room's mailbox is full.
     pub async fn message(&self, conn: ConnId, text: Bytes) -> Result<(), RoomGone> {
-        self.tx
-            .send(RoomMsg::Message(conn, text))
-            .await
-            .map_err(|_| RoomGone)
+        let waiting = match self.try_post(RoomMsg::Message(conn, text)) {
+            Posted::Done(result) => return result,
+            Posted::Full(msg) => self.post_waiting(msg),
+        };
+        waiting.await
+    }
+
+    /// Put `msg` in the mailbox if it has room. Connection tasks send through this and
+    /// [`post_waiting`](Self::post_waiting) rather than `Sender::send`: a future that waits for
+    /// the mailbox holds the whole message and the semaphore's waiter (over 600 bytes), and
+    /// every connection task would carry that much for its whole life, idle or not.
+    fn try_post(&self, msg: RoomMsg) -> Posted {
+        match self.tx.try_send(msg) {
+            Ok(()) => Posted::Done(Ok(())),
+            Err(mpsc::error::TrySendError::Closed(_)) => Posted::Done(Err(RoomGone)),
+            Err(mpsc::error::TrySendError::Full(msg)) => Posted::Full(msg),
+        }
+    }
+
+    /// Wait for room in a full mailbox (backpressure), in a box made only then.
+    fn post_waiting(&self, msg: RoomMsg) -> impl Future<Output = Result<(), RoomGone>> + '_ {
+        let send = Box::pin(self.tx.send(msg));
+        async move { send.await.map_err(|_| RoomGone) }
     }
 
     /// Answer a drain of held reads ([`ConnectionSink::drain_held`]), after handing over the
@@ -113,15 +132,20 @@ impl RoomHandle {
     ///
     /// [`ConnectionSink::drain_held`]: crate::ConnectionSink::drain_held
     pub async fn drained(&self, conn: ConnId, delivered: bool) -> Result<(), RoomGone> {
-        self.tx
-            .send(RoomMsg::Drained(conn, delivered))
-            .await
-            .map_err(|_| RoomGone)
+        let waiting = match self.try_post(RoomMsg::Drained(conn, delivered)) {
+            Posted::Done(result) => return result,
+            Posted::Full(msg) => self.post_waiting(msg),
+        };
+        waiting.await
     }
 
     /// Tell the room a client went away.
     pub async fn disconnect(&self, conn: ConnId) {
-        let _ = self.tx.send(RoomMsg::Disconnect(conn)).await;
+        let waiting = match self.try_post(RoomMsg::Disconnect(conn)) {
+            Posted::Done(_) => return,
+            Posted::Full(msg) => self.post_waiting(msg),
+        };
+        let _ = waiting.await;
     }
 
     /// Send an HTTP request to the room (its async request guards run first, here).
@@ -177,6 +201,16 @@ impl RoomHandle {
             let _ = rx.await;
         }
     }
+}
+
+/// What [`RoomHandle::try_post`] did. A return value on the stack for one `match`, never kept
+/// in a future: boxing the message would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Posted {
+    /// Sent, or the room is gone.
+    Done(Result<(), RoomGone>),
+    /// The mailbox is full: the message, to wait with.
+    Full(RoomMsg),
 }
 
 type LiveRooms = Arc<Mutex<HashMap<String, RoomHandle>>>;

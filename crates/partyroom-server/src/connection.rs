@@ -52,6 +52,32 @@ pub(crate) struct IoWriter {
     progress: u64,
 }
 
+impl IoWriter {
+    /// Write the chunks that wait, then what the outbox holds, until both are empty.
+    async fn flush(&mut self, outbox: &Outbox) -> std::io::Result<()> {
+        loop {
+            if self.pending.is_empty() {
+                self.pending.extend(outbox.take_queued());
+                if self.pending.is_empty() {
+                    return self.io.flush().await;
+                }
+            }
+            while let Some(chunk) = self.pending.front_mut() {
+                let n = self.io.write(chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                self.progress += n as u64;
+                if n == chunk.len() {
+                    self.pending.pop_front();
+                } else {
+                    let _ = chunk.split_to(n);
+                }
+            }
+        }
+    }
+}
+
 impl Writer {
     /// A writer for any other transport than a plain TCP socket.
     pub(crate) fn io(io: Box<dyn AsyncWrite + Send + Unpin>) -> Self {
@@ -63,30 +89,14 @@ impl Writer {
     }
 
     /// Write everything queued, waiting for the socket as needed. Cancel-safe: what is not
-    /// written yet stays queued.
+    /// written yet stays queued. Small: on a TCP socket the future is a bare poll of the
+    /// outbox; other transports' writes live in a box made when they start.
     async fn flush(&mut self, outbox: &Outbox) -> std::io::Result<()> {
         match self {
-            Writer::Tcp(socket) => outbox.flush_direct(socket).await,
-            Writer::Io(w) => loop {
-                if w.pending.is_empty() {
-                    w.pending.extend(outbox.take_queued());
-                    if w.pending.is_empty() {
-                        return w.io.flush().await;
-                    }
-                }
-                while let Some(chunk) = w.pending.front_mut() {
-                    let n = w.io.write(chunk).await?;
-                    if n == 0 {
-                        return Err(std::io::ErrorKind::WriteZero.into());
-                    }
-                    w.progress += n as u64;
-                    if n == chunk.len() {
-                        w.pending.pop_front();
-                    } else {
-                        let _ = chunk.split_to(n);
-                    }
-                }
-            },
+            Writer::Tcp(socket) => {
+                std::future::poll_fn(|cx| outbox.poll_flush_direct(socket, cx)).await
+            }
+            Writer::Io(w) => Box::pin(w.flush(outbox)).await,
         }
     }
 
@@ -125,7 +135,7 @@ pub(crate) trait Peer: Send {
     /// Answer a drain of held reads.
     fn drained(&mut self, delivered: bool) -> impl Future<Output = Result<(), RoomGone>> + Send;
     /// The connection is over.
-    fn disconnect(self) -> impl Future<Output = ()> + Send;
+    fn disconnect(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 /// The room as a connection's peer: messages pass the rate limit and go to its mailbox.
@@ -172,7 +182,7 @@ impl Peer for RoomPeer {
         self.room.drained(self.conn, delivered).await
     }
 
-    async fn disconnect(self) {
+    async fn disconnect(&mut self) {
         self.room.disconnect(self.conn).await;
     }
 }
@@ -207,6 +217,8 @@ fn step(read: Result<Incoming, ReadError>, outbox: &Outbox, label: &str) -> Step
             outbox.pong(payload);
             Step::Skip
         }
+        // The timer watches its deadline (see `run`).
+        Ok(Incoming::Unfinished) => Step::Skip,
         Ok(Incoming::Close(code)) => {
             // The reply echoes the client's code (ignored if we closed first).
             outbox.close(CloseFrame {
@@ -252,6 +264,8 @@ enum Check {
     Silent,
     /// The socket took no byte for the write timeout.
     Stuck,
+    /// A frame or message was not finished by its deadline.
+    Unfinished,
 }
 
 impl Deadlines {
@@ -276,9 +290,13 @@ impl Deadlines {
         &mut self,
         now: Instant,
         last_read: Instant,
+        frame_deadline: Option<Instant>,
         progress: Option<u64>,
         ping: impl FnOnce(),
     ) -> Check {
+        if frame_deadline.is_some_and(|at| now >= at) {
+            return Check::Unfinished;
+        }
         let mut next = self.first(last_read);
         if let Some(interval) = self.limits.ping_interval {
             let silent = now.saturating_duration_since(last_read);
@@ -295,6 +313,9 @@ impl Deadlines {
                 .checked_mul(u32::try_from(pings).unwrap_or(u32::MAX))
                 .unwrap_or(timeout);
             next = last_read + after.min(timeout);
+        }
+        if let Some(at) = frame_deadline {
+            next = next.min(at);
         }
         match (self.write, progress) {
             (Some((at, seen)), Some(progress)) => {
@@ -405,10 +426,20 @@ pub(crate) async fn run<P: Peer>(c: Connection<P>) {
             }
             () = &mut timer => {
                 let progress = flushing.then(|| writer.progress(&outbox));
-                match deadlines.check(Instant::now(), reader.last_read(), progress, || {
+                let frame = reader.frame_deadline();
+                match deadlines.check(Instant::now(), reader.last_read(), frame, progress, || {
                     outbox.ping(Bytes::new());
                 }) {
                     Check::Next(at) => timer.as_mut().reset(at),
+                    Check::Unfinished => {
+                        tracing::debug!(room = peer.label(), "closing connection: frame not finished in time");
+                        let e = ReadError::Timeout;
+                        outbox.close(CloseFrame {
+                            code: e.close_code().unwrap_or(1008),
+                            reason: e.to_string(),
+                        });
+                        break End::Close;
+                    }
                     Check::Silent => {
                         tracing::debug!(room = peer.label(), "closing connection: no answer to pings");
                         // Goes out only if the socket takes it at once.
@@ -425,6 +456,12 @@ pub(crate) async fn run<P: Peer>(c: Connection<P>) {
                 }
             }
             read = reader.next() => {
+                if matches!(read, Ok(Incoming::Unfinished))
+                    && let Some(at) = reader.frame_deadline()
+                    && at < timer.deadline()
+                {
+                    timer.as_mut().reset(at);
+                }
                 let (payload, text) = match step(read, &outbox, peer.label()) {
                     Step::Deliver(payload, text) => (payload, text),
                     Step::Skip => continue,
@@ -682,6 +719,7 @@ mod tests {
             super::Check::Next(at) => at,
             super::Check::Silent => panic!("silent"),
             super::Check::Stuck => panic!("stuck"),
+            super::Check::Unfinished => panic!("unfinished"),
         }
     }
 
@@ -694,24 +732,41 @@ mod tests {
         let mut d = deadlines(Some(25));
         assert_eq!(d.first(t0), s(25));
         let mut pings = 0;
-        assert_eq!(next(d.check(s(25), t0, None, || pings += 1)), s(50));
-        assert_eq!(next(d.check(s(50), t0, None, || pings += 1)), s(60));
+        assert_eq!(next(d.check(s(25), t0, None, None, || pings += 1)), s(50));
+        assert_eq!(next(d.check(s(50), t0, None, None, || pings += 1)), s(60));
         assert_eq!(pings, 2);
         assert!(matches!(
-            d.check(s(60), t0, None, || pings += 1),
+            d.check(s(60), t0, None, None, || pings += 1),
             super::Check::Silent
         ));
         // Heard at 20 s: nothing to do at 25 s, the next check is at 45 s.
         let mut pinged = false;
-        assert_eq!(next(d.check(s(25), s(20), None, || pinged = true)), s(45));
+        assert_eq!(
+            next(d.check(s(25), s(20), None, None, || pinged = true)),
+            s(45)
+        );
         assert!(!pinged);
         // No pings: no liveness check either, however long the silence.
         let mut off = deadlines(None);
         assert!(matches!(
-            off.check(s(86_400), t0, None, || pinged = true),
+            off.check(s(86_400), t0, None, None, || pinged = true),
             super::Check::Next(_)
         ));
         assert!(!pinged);
+    }
+
+    /// An unfinished frame's deadline is watched too: looked at by then, and past it the
+    /// frame is late.
+    #[tokio::test(start_paused = true)]
+    async fn an_unfinished_frame_is_late_after_its_deadline() {
+        let t0 = tokio::time::Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut d = deadlines(Some(25));
+        assert_eq!(next(d.check(s(1), s(1), Some(s(15)), None, || {})), s(15));
+        assert!(matches!(
+            d.check(s(15), s(14), Some(s(15)), None, || {}),
+            super::Check::Unfinished
+        ));
     }
 
     /// The write deadline: no byte written in the write timeout is stuck; progress re-arms it.
@@ -722,16 +777,16 @@ mod tests {
         let mut d = deadlines(Some(25));
         assert_eq!(d.arm_write(t0, 5), s(10));
         // Before the deadline: look again at it.
-        assert_eq!(next(d.check(s(5), s(5), Some(5), || {})), s(10));
+        assert_eq!(next(d.check(s(5), s(5), None, Some(5), || {})), s(10));
         // Progress by then: a new deadline from now.
-        assert_eq!(next(d.check(s(10), s(10), Some(9), || {})), s(20));
+        assert_eq!(next(d.check(s(10), s(10), None, Some(9), || {})), s(20));
         assert!(matches!(
-            d.check(s(20), s(20), Some(9), || {}),
+            d.check(s(20), s(20), None, Some(9), || {}),
             super::Check::Stuck
         ));
         // Flushed meanwhile (no progress to watch): the write deadline is gone.
         d.arm_write(s(20), 9);
-        assert_eq!(next(d.check(s(30), s(30), None, || {})), s(55));
+        assert_eq!(next(d.check(s(30), s(30), None, None, || {})), s(55));
         assert!(d.write.is_none());
     }
 

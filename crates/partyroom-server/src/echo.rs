@@ -112,5 +112,5 @@ impl Peer for Echo {
         Ok(())
     }
 
-    async fn disconnect(self) {}
+    async fn disconnect(&mut self) {}
 }

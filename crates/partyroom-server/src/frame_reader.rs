@@ -12,7 +12,9 @@
 //! configured limit with 1009, declared before any of it is buffered; a text message that is
 //! not UTF-8 with 1007. A frame (or fragmented message) that is started but not finished
 //! within the frame timeout ([`FrameReader::with_frame_timeout`]) ends it with 1008, so a
-//! client that sends half a frame and stops does not hold its connection forever.
+//! client that sends half a frame and stops does not hold its connection forever: the reader
+//! says when one starts ([`Incoming::Unfinished`]) and the connection's timer, which it
+//! already has, watches the deadline; the reader's own future holds no timer.
 
 use std::time::Duration;
 
@@ -48,6 +50,9 @@ pub(crate) enum Incoming {
     Ping(Bytes),
     /// The client's close frame: its status code, if it gave a valid one.
     Close(Option<u16>),
+    /// A frame or fragmented message has started and is not finished (said once for each,
+    /// and only with a frame timeout): it must be by [`FrameReader::frame_deadline`].
+    Unfinished,
 }
 
 /// Why the reader stopped.
@@ -129,12 +134,18 @@ impl FrameReader {
         }
     }
 
-    /// End the connection with [`ReadError::Timeout`] when a frame or fragmented message
-    /// is not finished within `timeout` of the moment it was found unfinished.
+    /// Report frames and fragmented messages that are not finished at once
+    /// ([`Incoming::Unfinished`]), with a deadline `timeout` after the moment they were
+    /// found unfinished ([`frame_deadline`](Self::frame_deadline)).
     #[must_use]
     pub(crate) fn with_frame_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.frame_timeout = timeout;
         self
+    }
+
+    /// When the unfinished frame or message must be finished (with a frame timeout).
+    pub(crate) fn frame_deadline(&self) -> Option<Instant> {
+        Some(self.partial_since? + self.frame_timeout?)
     }
 
     /// When the client last sent any bytes (or when the reader was made).
@@ -158,15 +169,11 @@ impl FrameReader {
                 self.partial_since = None;
                 return Ok(incoming);
             }
-            match self.frame_timeout {
-                Some(timeout) if self.partial() => {
-                    let since = *self.partial_since.get_or_insert_with(Instant::now);
-                    tokio::time::timeout_at(since + timeout, self.fill())
-                        .await
-                        .map_err(|_| ReadError::Timeout)??;
-                }
-                _ => self.fill().await?,
+            if self.frame_timeout.is_some() && self.partial_since.is_none() && self.partial() {
+                self.partial_since = Some(Instant::now());
+                return Ok(Incoming::Unfinished);
             }
+            self.fill().await?;
         }
     }
 
@@ -187,6 +194,7 @@ impl FrameReader {
                 if self.buf.is_empty() {
                     self.buf = BytesMut::new();
                 }
+                self.partial_since = None;
                 return Ok(Some(incoming));
             }
             let Source::Tcp(socket) = &self.source else {

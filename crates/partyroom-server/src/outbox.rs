@@ -197,7 +197,7 @@ impl Outbox {
         self.enqueue(Pending::frame(OP_BINARY, payload))
     }
 
-    /// Bytes written from the queue so far (see [`flush_direct`](Self::flush_direct)).
+    /// Bytes written from the queue so far (see [`poll_flush_direct`](Self::poll_flush_direct)).
     pub(crate) fn progress(&self) -> u64 {
         self.lock().progress
     }
@@ -208,15 +208,21 @@ impl Outbox {
         st.closing || st.dead
     }
 
-    /// Write what is queued to the socket, waiting for it to become writable as needed.
-    /// Returns once the queue is empty.
-    pub(crate) async fn flush_direct(&self, socket: &OwnedWriteHalf) -> io::Result<()> {
+    /// Write what is queued to the socket: `Ready` once the queue is empty, `Pending` (with
+    /// the socket's write readiness registered) while frames wait. A future made of it holds
+    /// no state of its own, which keeps every connection task small.
+    pub(crate) fn poll_flush_direct(
+        &self,
+        socket: &OwnedWriteHalf,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
         loop {
             {
                 let mut guard = self.lock();
                 let st = &mut *guard;
                 if st.dead {
-                    return Err(io::ErrorKind::BrokenPipe.into());
+                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
                 }
                 while !st.queue.is_empty() {
                     // Several queued frames in one `writev`.
@@ -228,12 +234,13 @@ impl Outbox {
                             slices.push(b);
                         }
                     }
+                    // Through tokio, so that a full socket clears its cached write readiness.
                     let result = socket.try_write_vectored(&slices);
                     drop(slices);
                     match result {
                         Ok(0) => {
                             st.dead = true;
-                            return Err(io::ErrorKind::WriteZero.into());
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                         }
                         Ok(mut n) => {
                             st.progress += n as u64;
@@ -253,15 +260,20 @@ impl Outbox {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => {
                             st.dead = true;
-                            return Err(e);
+                            return Poll::Ready(Err(e));
                         }
                     }
                 }
                 if st.queue.is_empty() {
-                    return Ok(());
+                    return Poll::Ready(Ok(()));
                 }
             }
-            socket.writable().await?;
+            let stream: &tokio::net::TcpStream = socket.as_ref();
+            match stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 

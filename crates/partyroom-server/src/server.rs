@@ -445,47 +445,76 @@ async fn upgrade(
             return;
         };
         let (reader, writer) = socket_parts(upgraded, &outbox, &shared2.config);
-        let mut room = room;
-        let mut prepared = Some(first);
-        for attempt in 1..=3 {
-            let req = prepared.take().unwrap_or_else(|| {
-                ConnectRequest::with_sink(
-                    session_id.clone(),
-                    query.clone(),
-                    headers.clone(),
-                    sink.clone(),
-                )
-            });
-            match room.connect(req).await {
-                Ok(conn) => {
-                    let config = &shared2.config;
-                    connection::run(Connection {
-                        reader,
-                        writer,
-                        outbox,
-                        peer: RoomPeer::new(room, conn, config.max_messages_per_second),
-                        shutdown: shared2.shutdown.clone(),
-                        limits: Limits::of(config),
-                    })
-                    .await;
-                    return;
-                }
-                // The instance unloaded itself meanwhile: connect to the new one.
-                Err(ConnectError::RoomGone) if attempt < 3 => {
-                    match shared2.rooms.get(&path.party, &path.room) {
-                        Ok(fresh) => room = fresh,
-                        Err(_) => break,
-                    }
-                }
-                Err(refused) => {
-                    connection::refuse(writer, &outbox, refused.close_frame()).await;
-                    return;
-                }
+        let retry = Retry {
+            session_id,
+            query,
+            headers,
+            sink,
+            path,
+        };
+        // The connect request's parts (headers, query) are freed once the client is in: the
+        // task keeps only what its connection needs, for as long as it lives.
+        let joined = join(&shared2, room, first, retry).await;
+        let (room, conn) = match joined {
+            Ok(joined) => joined,
+            Err(refused) => {
+                connection::refuse(writer, &outbox, refused.close_frame()).await;
+                return;
             }
-        }
-        connection::refuse(writer, &outbox, ConnectError::RoomGone.close_frame()).await;
+        };
+        let config = &shared2.config;
+        connection::run(Connection {
+            reader,
+            writer,
+            outbox,
+            peer: RoomPeer::new(room, conn, config.max_messages_per_second),
+            shutdown: shared2.shutdown.clone(),
+            limits: Limits::of(config),
+        })
+        .await;
     });
     response
+}
+
+/// What connecting again takes, if the room instance unloads itself meanwhile.
+struct Retry {
+    session_id: Option<String>,
+    query: Vec<(String, String)>,
+    headers: http::HeaderMap,
+    sink: Arc<dyn ConnectionSink>,
+    path: RoomPath,
+}
+
+/// Connect an admitted client to its room (to the new instance, up to twice, when the one it
+/// was admitted to unloaded itself meanwhile).
+async fn join(
+    shared: &Shared,
+    mut room: partyroom_room::RoomHandle,
+    first: ConnectRequest,
+    retry: Retry,
+) -> Result<(partyroom_room::RoomHandle, partyroom_room::ConnId), ConnectError> {
+    let mut prepared = Some(first);
+    for attempt in 1..=3 {
+        let req = prepared.take().unwrap_or_else(|| {
+            ConnectRequest::with_sink(
+                retry.session_id.clone(),
+                retry.query.clone(),
+                retry.headers.clone(),
+                retry.sink.clone(),
+            )
+        });
+        match room.connect(req).await {
+            Ok(conn) => return Ok((room, conn)),
+            Err(ConnectError::RoomGone) if attempt < 3 => {
+                match shared.rooms.get(&retry.path.party, &retry.path.room) {
+                    Ok(fresh) => room = fresh,
+                    Err(_) => break,
+                }
+            }
+            Err(refused) => return Err(refused),
+        }
+    }
+    Err(ConnectError::RoomGone)
 }
 
 /// The upgraded connection as a WebSocket reader and a writer. A plain TCP stream (what
