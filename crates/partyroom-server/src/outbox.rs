@@ -25,6 +25,9 @@ use crate::low_water;
 /// Most queued frames written by one `writev` (each is two slices: header and payload).
 const WRITEV_FRAMES: usize = 32;
 
+/// Queue capacity (frames) above which an emptied queue lets its memory go.
+const SHRINK_ABOVE: usize = 16;
+
 /// WebSocket opcodes the server sends.
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
@@ -265,6 +268,11 @@ impl Outbox {
                     }
                 }
                 if st.queue.is_empty() {
+                    // A burst (a join storm, a big patch) grew the queue: give its memory back
+                    // rather than keep the peak for the life of the connection.
+                    if st.queue.capacity() > SHRINK_ABOVE {
+                        st.queue = VecDeque::new();
+                    }
                     return Poll::Ready(Ok(()));
                 }
             }
