@@ -14,6 +14,10 @@
 //!   clients reconnect by themselves with the same session ids: time until all have their
 //!   first packet again, and whether they kept their public id.
 //! - `idle`: N clients over R rooms held S seconds: the server's RSS per client.
+//! - `slow`: N clients join one room and stop reading their sockets while a few drivers send
+//!   moves: the server's RSS, open file descriptors and the kernel memory of its side of the
+//!   slow sockets (send queues, from `ss -tmnH`) over time, per slow client, and whether and
+//!   when the server drops them.
 //!
 //! With `--server-pid`, the server's CPU (% of one core) and RSS are read from `/proc` over
 //! the run: CPU from the exact run time of its threads (`/proc/<pid>/task/*/schedstat`), with
@@ -27,6 +31,8 @@ mod metrics;
 mod plot;
 mod proxy;
 mod scenarios;
+mod slow;
+mod sockets;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
@@ -174,6 +180,8 @@ enum Scenario {
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
     },
+    /// N clients join one room and stop reading while drivers send moves (needs `ss`).
+    Slow(slow::SlowArgs),
 }
 
 impl Scenario {
@@ -184,6 +192,7 @@ impl Scenario {
             Scenario::Throughput { .. } => "throughput",
             Scenario::Reconnect { .. } => "reconnect",
             Scenario::Idle { .. } => "idle",
+            Scenario::Slow(_) => "slow",
         }
     }
 
@@ -193,7 +202,8 @@ impl Scenario {
             | Scenario::Moves { clients, .. }
             | Scenario::Throughput { clients, .. }
             | Scenario::Reconnect { clients, .. }
-            | Scenario::Idle { clients, .. } => *clients,
+            | Scenario::Idle { clients, .. }
+            | Scenario::Slow(slow::SlowArgs { clients, .. }) => *clients,
         }
     }
 
@@ -202,6 +212,7 @@ impl Scenario {
         match self {
             // Client to relay, relay to client, relay to server.
             Scenario::Reconnect { clients, .. } => clients * 3,
+            Scenario::Slow(a) => a.clients + a.drivers,
             other => other.clients(),
         }
     }
@@ -250,6 +261,7 @@ impl Scenario {
                 "clients": clients, "rooms": rooms, "seconds": seconds,
                 "concurrency": concurrency,
             }),
+            Scenario::Slow(a) => serde_json::to_value(a).unwrap_or_default(),
         }
     }
 
@@ -286,6 +298,32 @@ impl Scenario {
                 *seconds
             }
             Scenario::Idle { seconds, .. } => *seconds,
+            Scenario::Slow(slow::SlowArgs {
+                drivers,
+                rate,
+                seconds,
+                sample_ms,
+                after_close,
+                client_rcvbuf,
+                ..
+            }) => {
+                if *client_rcvbuf > 64 << 20 {
+                    bail!("--client-rcvbuf must be at most 64 MiB");
+                }
+                if !(1..=1000).contains(drivers) {
+                    bail!("--drivers must be between 1 and 1000");
+                }
+                if !(*rate > 0.0 && *rate <= 1000.0) {
+                    bail!("--rate must be within (0, 1000] moves per second per driver");
+                }
+                if !(100..=10_000).contains(sample_ms) {
+                    bail!("--sample-ms must be within 100..=10000");
+                }
+                if !(0.0..=60.0).contains(after_close) {
+                    bail!("--after-close must be within 0..=60 seconds");
+                }
+                *seconds
+            }
             _ => 0.0,
         };
         if !(0.0..=MAX_SECONDS).contains(&seconds) {
@@ -471,6 +509,7 @@ async fn run(args: Args, host: String, threads: usize) -> anyhow::Result<()> {
             seconds,
             concurrency,
         } => scenarios::idle(&run, *clients, *rooms, *seconds, *concurrency).await,
+        Scenario::Slow(a) => slow::slow(&run, a.clone()).await,
     };
     status.abort();
     bar.finish_and_clear();
@@ -577,6 +616,11 @@ fn write_section(out: &mut String, v: &Value, depth: usize) {
             ));
         } else if v.get("count") == Some(&json!(0)) {
             out.push_str(&format!("{indent}{k}: no samples\n"));
+        } else if let Some(items) = v.as_array() {
+            out.push_str(&format!(
+                "{indent}{k}: {} entries (see --json)\n",
+                items.len()
+            ));
         } else if v.is_object() {
             out.push_str(&format!("{indent}{k}:\n"));
             write_section(out, v, depth + 1);
@@ -637,6 +681,22 @@ mod tests {
             concurrency: 10,
         };
         assert!(ok.check_bounds().is_ok());
+        let slow = |drivers: usize, sample_ms: u64| {
+            Scenario::Slow(slow::SlowArgs {
+                clients: 200,
+                drivers,
+                rate: 60.0,
+                seconds: 20.0,
+                sample_ms,
+                after_close: 2.0,
+                client_rcvbuf: 4096,
+                concurrency: 50,
+            })
+        };
+        assert!(slow(4, 500).check_bounds().is_ok());
+        assert_eq!(slow(4, 500).sockets(), 204);
+        assert!(slow(0, 500).check_bounds().is_err());
+        assert!(slow(4, 10).check_bounds().is_err());
         assert!(
             Scenario::Reconnect {
                 clients: 10,
@@ -654,10 +714,12 @@ mod tests {
         let report = json!({
             "label": "partyroom", "scenario": "moves", "params": {"clients": 2},
             "results": {"move_to_echo": {"count": 3, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0,
-            "p999_ms": 3.0, "max_ms": 3.0}, "window": {"packets_per_second": 10.0}},
+            "p999_ms": 3.0, "max_ms": 3.0}, "window": {"packets_per_second": 10.0},
+            "samples": [{"t": 1}, {"t": 2}]},
         });
         let s = summary(&report);
         assert!(s.contains("move_to_echo: p50 1.0 ms"));
         assert!(s.contains("packets_per_second: 10.0"));
+        assert!(s.contains("samples: 2 entries (see --json)"));
     }
 }

@@ -50,12 +50,18 @@ impl Run {
         self.bar.set_position(0);
     }
 
-    fn remaining(&self) -> Duration {
+    pub(crate) fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
     /// Options of one load client: no mirror, plain `ws://`, the given policy.
-    fn options(&self, host: &str, room: &str, i: usize, capacity: usize) -> ClientOptions {
+    pub(crate) fn options(
+        &self,
+        host: &str,
+        room: &str,
+        i: usize,
+        capacity: usize,
+    ) -> ClientOptions {
         ClientOptions::new(host, room)
             .session_id(format!("{}-{i}", self.run_id))
             .query("name", format!("bot{i}"))
@@ -82,11 +88,11 @@ fn patient_policy() -> ReconnectPolicy {
 }
 
 /// A connected load client.
-struct Loaded {
-    client: Client,
-    pid: String,
+pub(crate) struct Loaded {
+    pub(crate) client: Client,
+    pub(crate) pid: String,
     /// The client's frames, for the caller to read (`count: false`)...
-    sub: Option<Subscription>,
+    pub(crate) sub: Option<Subscription>,
     /// ...or the task counting them from the start (`count: true`).
     counter: Option<tokio::task::JoinHandle<()>>,
     index: usize,
@@ -115,7 +121,7 @@ fn note_skipped(sub: &Subscription, seen: &mut u64, metrics: &Metrics) {
 /// once, and wait until each has its first packet. Fails if any does not make it before the
 /// deadline. With `count`, every frame is counted from the start by a task of its own;
 /// without, the caller reads [`Loaded::sub`].
-async fn connect_all(
+pub(crate) async fn connect_all(
     run: &Run,
     n: usize,
     concurrency: usize,
@@ -191,7 +197,7 @@ async fn connect_all(
     Ok(out)
 }
 
-fn close_all(clients: impl IntoIterator<Item = Client>) {
+pub(crate) fn close_all(clients: impl IntoIterator<Item = Client>) {
     for c in clients {
         c.close();
     }
@@ -467,7 +473,7 @@ async fn settle(run: &Run, d: Duration) {
 /// Wait until the traffic that follows the joins has died down: fewer than `10 + clients/100`
 /// frames received in half a second (each of `subs` is read here meanwhile; other clients
 /// are read by their own tasks), at most `max`. Returns how long it took.
-async fn settle_quiet(
+pub(crate) async fn settle_quiet(
     run: &Run,
     clients: usize,
     max: Duration,
@@ -501,16 +507,16 @@ async fn settle_quiet(
 }
 
 #[derive(Debug, Default)]
-struct MoverOutcome {
+pub(crate) struct MoverOutcome {
     /// Moves still waiting for their echo at the end.
-    unacked: u64,
+    pub(crate) unacked: u64,
     /// Moves given up on (closed loop: no echo within the timeout).
-    lost: u64,
+    pub(crate) lost: u64,
     /// Moves the client's send queue refused.
-    refused: u64,
+    pub(crate) refused: u64,
     /// Moves never echoed because a later move of the same client was echoed first (the
     /// server merged them: a sync throttle sends only a window's last position).
-    superseded: u64,
+    pub(crate) superseded: u64,
     /// Closed loop: moves held back by the per-client rate cap.
     capped: u64,
 }
@@ -518,7 +524,7 @@ struct MoverOutcome {
 /// One open-loop client: a move every `1/rate` s (clients spread over the first period);
 /// latency from the move's scheduled time (so a late load generator shows up as latency
 /// instead of hiding it) to the frame that carries its `x` back.
-async fn open_loop(
+pub(crate) async fn open_loop(
     l: Loaded,
     n: usize,
     rate: f64,
