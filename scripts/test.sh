@@ -94,4 +94,71 @@ export SHARDS_BIN
 step "browser: two headless Chromium pages"
 (cd tests/browser && npm ci --silent --no-audit --no-fund && node --test --test-concurrency=1 ./*.test.mjs)
 
+# WebSocket conformance: Autobahn|Testsuite's fuzzing client (tests/autobahn, installed into
+# target/autobahn-venv) against the `autobahn_echo` example, an echo server on partyroom-server's
+# own WebSocket layer; cases 1.* to 10.* (12.* and 13.* are permessage-deflate, which the server
+# does not negotiate). The echo binds a free port (`BIN 127.0.0.1:0`) and prints its address
+# (`... ws://127.0.0.1:PORT`); AUTOBAHN_ECHO_BIN names another binary of the same CLI instead of
+# building the example. Reports: target/autobahn-reports/index.html. Fails if a case FAILED.
+autobahn_conformance() (
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_install python3 python3-venv; fi
+  command -v patch >/dev/null 2>&1 || apt_install patch
+  venv=$(bash tests/autobahn/install.sh target/autobahn-venv)
+  if [ -n "${AUTOBAHN_ECHO_BIN:-}" ]; then
+    echo_bin=$AUTOBAHN_ECHO_BIN
+    echo "echo server: $echo_bin (AUTOBAHN_ECHO_BIN)"
+  else
+    # A debug build: the run takes as long as with a release one (the suite's client is the
+    # slow side), and `--workspace` resolves features as `cargo test --workspace` did above, so
+    # only partyroom-server and the example are compiled (with `-p`, some 55 dependencies again).
+    cargo build --workspace --example autobahn_echo --features partyroom-server/autobahn-echo --quiet || {
+      echo "autobahn: could not build partyroom-server's autobahn_echo example (feature autobahn-echo)" >&2
+      exit 1
+    }
+    echo_bin=$PWD/target/debug/examples/autobahn_echo
+  fi
+  [ -x "$echo_bin" ] || { echo "autobahn: no echo binary at $echo_bin" >&2; exit 1; }
+  log=target/autobahn-echo.log
+  "$echo_bin" 127.0.0.1:0 >"$log" 2>&1 &
+  echo_pid=$!
+  trap 'kill "$echo_pid" 2>/dev/null; wait "$echo_pid" 2>/dev/null || true' EXIT
+  port=
+  for _ in $(seq 300); do
+    port=$(grep -o -m 1 'ws://127\.0\.0\.1:[0-9]*' "$log" | sed 's/.*://' || true)
+    [ -n "$port" ] && break
+    kill -0 "$echo_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$port" ] || [ "$port" = 0 ]; then
+    if kill -0 "$echo_pid" 2>/dev/null; then
+      echo "autobahn: the echo server printed no ws://127.0.0.1:PORT address (its bound port):" >&2
+    else
+      echo "autobahn: the echo server $echo_bin exited:" >&2
+    fi
+    cat "$log" >&2
+    exit 1
+  fi
+  for i in $(seq 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    if [ "$i" = 300 ] || ! kill -0 "$echo_pid" 2>/dev/null; then
+      echo "autobahn: the echo server does not accept on 127.0.0.1:$port:" >&2
+      cat "$log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "echo server on ws://127.0.0.1:$port"
+  # 301 cases take about 1.5 minutes; a server that drops messages can take 20 (the suite waits
+  # up to 480 s per case for echoes that never come), so the bound only stops a run that hangs.
+  if ! AUTOBAHN_AGENT=partyroom AUTOBAHN_VENV="$venv" AUTOBAHN_TIMEOUT=1800 \
+    bash tests/autobahn/run.sh "ws://127.0.0.1:$port" '*' target/autobahn-reports; then
+    echo "autobahn: conformance failed (target/autobahn-reports/index.html); the echo server's log:" >&2
+    tail -n 20 "$log" >&2
+    exit 1
+  fi
+)
+
+step "WebSocket conformance: Autobahn|Testsuite, cases 1.* to 10.*"
+autobahn_conformance
+
 step "all tests passed"
