@@ -27,10 +27,7 @@ fn world_page() -> String {
 async fn main() -> anyhow::Result<()> {
     cli::init_logging();
     let args = Args::parse();
-    // The rooms role serves with `ServerConfig::default()`.
-    partyroom::server::FdLimit::raise_and_log(
-        partyroom::server::ServerConfig::default().max_connections,
-    );
+    partyroom::server::FdLimit::raise_and_log(args.max_connections);
     let page: &'static str = Box::leak(world_page().into_boxed_str());
     let serve_page = move || async move { axum::response::Html(page) };
     let pages = axum::Router::new()

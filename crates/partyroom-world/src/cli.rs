@@ -96,6 +96,12 @@ pub struct Args {
     /// Shards a world may hold.
     #[arg(long, default_value_t = 10_000)]
     pub max_shards: usize,
+    /// Open connections the world and rooms roles hold at once. This limit counts every open
+    /// TCP connection: HTTP requests, WebSocket handshakes in progress, and WebSockets. The
+    /// other caps are the process's open-file limit (RLIMIT_NOFILE, raised to its hard limit
+    /// at start; each connection uses one descriptor) and the kernel's accept queue.
+    #[arg(long, env = "PARTYROOM_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
     /// World of shard ids that name none (also `WORLD_ID`, `SIGNE_WORLD_ID`).
     #[arg(long)]
     pub world_id: Option<String>,
@@ -316,6 +322,7 @@ pub async fn serve_on(
             rooms,
             ServerConfig {
                 shard_secret: Some(shard_secret),
+                max_connections: args.max_connections,
                 ..ServerConfig::default()
             },
         )

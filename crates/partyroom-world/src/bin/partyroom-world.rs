@@ -71,10 +71,7 @@ impl Room for Counter {
 async fn main() -> anyhow::Result<()> {
     cli::init_logging();
     let args = Args::parse();
-    // The rooms role serves with `ServerConfig::default()`.
-    partyroom::server::FdLimit::raise_and_log(
-        partyroom::server::ServerConfig::default().max_connections,
-    );
+    partyroom::server::FdLimit::raise_and_log(args.max_connections);
     cli::run(
         args,
         App {
