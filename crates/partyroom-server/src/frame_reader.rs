@@ -10,7 +10,8 @@
 //! (an unmasked frame, a reserved opcode, a fragmented or oversize control frame, a
 //! continuation out of place) ends the connection with close code 1002; a message over the
 //! configured limit with 1009, declared before any of it is buffered; a text message that is
-//! not UTF-8 with 1007. A frame (or fragmented message) that is started but not finished
+//! not UTF-8 with 1007 (a fragmented one as soon as the fragment that makes it invalid is
+//! in). A frame (or fragmented message) that is started but not finished
 //! within the frame timeout ([`FrameReader::with_frame_timeout`]) ends it with 1008, so a
 //! client that sends half a frame and stops does not hold its connection forever: the reader
 //! says when one starts ([`Incoming::Unfinished`]) and the connection's timer, which it
@@ -93,6 +94,26 @@ impl ReadError {
 struct Fragments {
     text: bool,
     parts: BytesMut,
+    /// Bytes of a text message's parts known to be valid UTF-8 (up to a character boundary):
+    /// each fragment is checked as it comes, so that invalid text fails at once, not when the
+    /// message ends.
+    valid: usize,
+}
+
+impl Fragments {
+    /// Check the text received since the last check; an incomplete character at the end
+    /// waits for the next fragment.
+    fn check_text(&mut self) -> Result<(), ReadError> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.parts[self.valid..]) {
+            Ok(_) => self.valid = self.parts.len(),
+            Err(e) if e.error_len().is_none() => self.valid += e.valid_up_to(),
+            Err(_) => return Err(ReadError::InvalidUtf8),
+        }
+        Ok(())
+    }
 }
 
 /// Reads WebSocket messages from one client. See the module documentation.
@@ -302,10 +323,13 @@ impl FrameReader {
                 if fin {
                     return finish(payload, text).map(Some);
                 }
-                self.fragments = Some(Fragments {
+                let mut fragments = Fragments {
                     text,
                     parts: payload,
-                });
+                    valid: 0,
+                };
+                fragments.check_text()?;
+                self.fragments = Some(fragments);
                 Ok(None)
             }
             OP_CONTINUATION => {
@@ -316,11 +340,20 @@ impl FrameReader {
                     return Err(ReadError::TooBig);
                 }
                 fragments.parts.extend_from_slice(&payload);
+                fragments.check_text()?;
                 if !fin {
                     return Ok(None);
                 }
-                let Fragments { text, parts } = self.fragments.take().expect("checked above");
-                finish(parts, text).map(Some)
+                let Fragments { text, parts, valid } =
+                    self.fragments.take().expect("checked above");
+                // Only what follows the last check is left to check.
+                if text && valid < parts.len() {
+                    return Err(ReadError::InvalidUtf8);
+                }
+                Ok(Some(Incoming::Message {
+                    payload: parts.freeze(),
+                    text,
+                }))
             }
             OP_PING => Ok(Some(Incoming::Ping(payload.freeze()))),
             OP_PONG => Ok(None),
@@ -699,6 +732,34 @@ mod tests {
         assert_eq!(got, vec![text("é")]);
         let bad_reason = frame(true, OP_CLOSE, &[0x03, 0xe8, 0xff], MASK);
         assert_eq!(error_of(bad_reason, 100).await, ReadError::InvalidUtf8);
+    }
+
+    /// Invalid text in a fragment fails at once, before the message's last fragment (what
+    /// Autobahn's cases 6.4.1 and 6.4.2 check); a message ending in half a character fails
+    /// at its end.
+    #[tokio::test]
+    async fn invalid_text_fails_at_the_fragment_that_makes_it_invalid() {
+        // No final fragment ever comes: the error comes from the second one.
+        let mut open = frame(false, OP_TEXT, "κόσμε".as_bytes(), MASK);
+        open.extend(frame(
+            false,
+            OP_CONTINUATION,
+            &[0xf4, 0x90, 0x80, 0x80],
+            MASK,
+        ));
+        let (got, e) = all(reader(open, usize::MAX, 100)).await;
+        assert!(got.is_empty());
+        assert_eq!(e, ReadError::InvalidUtf8);
+        // Half a character at the very end.
+        let mut tail = frame(false, OP_TEXT, b"ab", MASK);
+        tail.extend(frame(true, OP_CONTINUATION, &[0xc3], MASK));
+        assert_eq!(error_of(tail, 100).await, ReadError::InvalidUtf8);
+        // A character split over three fragments is fine.
+        let mut three = frame(false, OP_TEXT, &[0xe2], MASK);
+        three.extend(frame(false, OP_CONTINUATION, &[0x82], MASK));
+        three.extend(frame(true, OP_CONTINUATION, &[0xac], MASK));
+        let (got, _) = all(reader(three, 3, 100)).await;
+        assert_eq!(got, vec![text("€")]);
     }
 
     /// Messages, split into fragments at `cuts` with pings between them, then delivered
