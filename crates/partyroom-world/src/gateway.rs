@@ -78,6 +78,15 @@ pub struct GatewayConfig {
     /// Also relay `/parties/world/...` (HTTP and WebSocket) to the world, so that one public
     /// address serves both what `connectionWorld` needs when the world runs elsewhere.
     pub forward_world: bool,
+    /// Ping a relayed client that has sent nothing for this long (and again each interval);
+    /// `None`: no pings and no liveness check. Default 25 s, as the room server.
+    pub ping_interval: Option<Duration>,
+    /// Drop a relayed client from which nothing (a message, a pong) has come for this long.
+    /// Default 60 s.
+    pub liveness_timeout: Duration,
+    /// Drop a relayed client that takes no frame for this long (it stopped reading; the room
+    /// server would otherwise see the gateway as its slow client). Default 10 s.
+    pub write_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -96,6 +105,9 @@ impl GatewayConfig {
             max_message_bytes: 64 * 1024,
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(10),
+            ping_interval: Some(Duration::from_secs(25)),
+            liveness_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
             forward_world: false,
         }
     }
@@ -487,12 +499,13 @@ async fn proxy_ws(
     });
     let shutdown = gw.inner.shutdown.clone();
     let tasks = gw.inner.tasks.clone();
+    let limits = RelayLimits::of(config);
     ws.max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
         .on_upgrade(move |socket| async move {
             tasks
                 .track_future(async move {
-                    relay(socket, upstream, shutdown).await;
+                    relay(socket, upstream, shutdown, limits).await;
                     drop(count);
                 })
                 .await;
@@ -513,20 +526,55 @@ fn to_axum_close(frame: Option<TClose>) -> Option<AxClose> {
     })
 }
 
-/// Relay frames both ways until either side closes or the gateway shuts down.
-async fn relay(client: WebSocket, upstream: Upstream, shutdown: CancellationToken) {
+/// The deadlines of one relayed client (from [`GatewayConfig`]).
+#[derive(Debug, Clone, Copy)]
+struct RelayLimits {
+    ping_interval: Option<Duration>,
+    liveness_timeout: Duration,
+    write_timeout: Duration,
+}
+
+impl RelayLimits {
+    fn of(config: &GatewayConfig) -> Self {
+        Self {
+            ping_interval: config.ping_interval,
+            liveness_timeout: config.liveness_timeout,
+            write_timeout: config.write_timeout,
+        }
+    }
+}
+
+/// How long a closing relay may take to send its close frames.
+const RELAY_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Relay frames both ways until either side closes, the client stops reading or answering,
+/// or the gateway shuts down. No send waits longer than the write timeout, so a client that
+/// stops reading cannot hold the relay (nor, through it, the room server's connection).
+async fn relay(
+    client: WebSocket,
+    upstream: Upstream,
+    shutdown: CancellationToken,
+    limits: RelayLimits,
+) {
     let (mut client_tx, mut client_rx) = client.split();
     let (mut up_tx, mut up_rx) = upstream.split();
+    let started = tokio::time::Instant::now();
+    // When the client was last heard, in milliseconds since `started`.
+    let heard = std::sync::atomic::AtomicU64::new(0);
+    let heard_now = || {
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        heard.store(ms, std::sync::atomic::Ordering::Relaxed);
+    };
     let shutting_down = {
         let client_to_room = async {
             while let Some(msg) = client_rx.next().await {
+                heard_now();
                 let out = match msg {
                     Ok(AxMessage::Text(t)) => TMessage::Text(t.as_str().into()),
                     Ok(AxMessage::Binary(b)) => TMessage::Binary(b),
                     Ok(AxMessage::Close(frame)) => {
-                        let _ = up_tx
-                            .send(TMessage::Close(to_tungstenite_close(frame)))
-                            .await;
+                        let close = up_tx.send(TMessage::Close(to_tungstenite_close(frame)));
+                        let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
                         return;
                     }
                     Ok(_) => continue,
@@ -537,31 +585,63 @@ async fn relay(client: WebSocket, upstream: Upstream, shutdown: CancellationToke
                 }
             }
             // The client went away without a close frame.
-            let _ = up_tx.send(TMessage::Close(None)).await;
+            let close = up_tx.send(TMessage::Close(None));
+            let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
         };
         let room_to_client = async {
-            while let Some(msg) = up_rx.next().await {
-                let out = match msg {
-                    Ok(TMessage::Text(t)) => AxMessage::Text(t.as_str().into()),
-                    Ok(TMessage::Binary(b)) => AxMessage::Binary(b),
-                    Ok(TMessage::Close(frame)) => {
-                        let _ = client_tx.send(AxMessage::Close(to_axum_close(frame))).await;
+            let mut ticks = limits.ping_interval.map(|every| {
+                let mut t = tokio::time::interval_at(started + every, every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            loop {
+                let tick = async {
+                    match ticks.as_mut() {
+                        Some(t) => t.tick().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let out = tokio::select! {
+                    msg = up_rx.next() => match msg {
+                        Some(Ok(TMessage::Text(t))) => AxMessage::Text(t.as_str().into()),
+                        Some(Ok(TMessage::Binary(b))) => AxMessage::Binary(b),
+                        Some(Ok(TMessage::Close(frame))) => {
+                            let close = client_tx.send(AxMessage::Close(to_axum_close(frame)));
+                            let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
+                            return;
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(_)) | None => break,
+                    },
+                    now = tick => {
+                        let last = started
+                            + Duration::from_millis(heard.load(std::sync::atomic::Ordering::Relaxed));
+                        let silent = now.saturating_duration_since(last);
+                        if silent >= limits.liveness_timeout {
+                            tracing::debug!("dropping relayed client: no answer to pings");
+                            return;
+                        }
+                        if silent < limits.ping_interval.unwrap_or(Duration::MAX) {
+                            continue;
+                        }
+                        AxMessage::Ping(Default::default())
+                    }
+                };
+                match tokio::time::timeout(limits.write_timeout, client_tx.send(out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::debug!("dropping relayed client: it stopped reading");
                         return;
                     }
-                    Ok(_) => continue,
-                    Err(_) => break,
-                };
-                if client_tx.send(out).await.is_err() {
-                    return;
                 }
             }
             // The room server went away without a close frame.
-            let _ = client_tx
-                .send(AxMessage::Close(Some(AxClose {
-                    code: 1011,
-                    reason: "main server connection lost".into(),
-                })))
-                .await;
+            let close = client_tx.send(AxMessage::Close(Some(AxClose {
+                code: 1011,
+                reason: "main server connection lost".into(),
+            })));
+            let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
         };
         tokio::select! {
             () = client_to_room => false,
@@ -570,13 +650,12 @@ async fn relay(client: WebSocket, upstream: Upstream, shutdown: CancellationToke
         }
     };
     if shutting_down {
-        let _ = client_tx
-            .send(AxMessage::Close(Some(AxClose {
-                code: 1001,
-                reason: "server shutting down".into(),
-            })))
-            .await;
-        let _ = up_tx.send(TMessage::Close(None)).await;
+        let close = client_tx.send(AxMessage::Close(Some(AxClose {
+            code: 1001,
+            reason: "server shutting down".into(),
+        })));
+        let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
+        let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, up_tx.send(TMessage::Close(None))).await;
     }
 }
 
@@ -718,6 +797,98 @@ async fn reporter(inner: Arc<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A raw client through the relay at `addr`: it sends `first` as its one message and then
+    /// neither reads nor answers pings (its receive buffer is small, so that the gateway's
+    /// sends to it stall soon).
+    async fn raw_client(addr: std::net::SocketAddr, first: &str) -> TcpStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(
+            b"GET /r HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(s.read(&mut b).await.unwrap(), 1);
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | first.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(first.bytes().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        s.write_all(&frame).await.unwrap();
+        s
+    }
+
+    /// The relay's deadlines over real sockets: a relayed client that stops reading while the
+    /// room floods it is dropped after the write timeout, and one that stays silent (no pongs)
+    /// after the liveness timeout; either way the relay ends instead of waiting forever.
+    #[tokio::test]
+    async fn relayed_clients_that_stop_reading_or_answering_are_dropped() {
+        // The room side: floods after "flood", stays quiet after anything else.
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = up.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    if let Some(Ok(TMessage::Text(t))) = ws.next().await
+                        && t.as_str() == "flood"
+                    {
+                        let big = "x".repeat(60_000);
+                        while ws.send(TMessage::text(big.clone())).await.is_ok() {}
+                    } else {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                });
+            }
+        });
+        let limits = RelayLimits {
+            ping_interval: Some(Duration::from_millis(150)),
+            liveness_timeout: Duration::from_millis(500),
+            write_timeout: Duration::from_millis(300),
+        };
+        let (done_tx, mut done) = tokio::sync::mpsc::channel::<()>(4);
+        let app = axum::Router::new().route(
+            "/r",
+            axum::routing::get(move |ws: WebSocketUpgrade| async move {
+                let (upstream, _) = tokio_tungstenite::connect_async(format!("ws://{up_addr}/"))
+                    .await
+                    .unwrap();
+                ws.on_upgrade(move |socket| async move {
+                    relay(socket, upstream, CancellationToken::new(), limits).await;
+                    let _ = done_tx.send(()).await;
+                })
+            }),
+        );
+        let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gw_addr = gw.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(gw, app).await });
+        for (first, within) in [
+            ("flood", Duration::from_secs(5)),
+            ("quiet", Duration::from_secs(3)),
+        ] {
+            let started = tokio::time::Instant::now();
+            let _client = raw_client(gw_addr, first).await;
+            let ended = tokio::time::timeout(within, done.recv()).await;
+            assert!(ended.is_ok(), "{first}: the relay let go of the client");
+            if first == "quiet" {
+                assert!(
+                    started.elapsed() >= Duration::from_millis(450),
+                    "{first}: not before the liveness timeout"
+                );
+            }
+        }
+    }
 
     #[test]
     fn targets() {
