@@ -34,7 +34,7 @@ use crate::frame_reader::{FrameReader, Incoming, ReadError};
 use crate::outbox::Outbox;
 
 /// How long a closing connection may take to write its last frames.
-pub(crate) const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the connection task writes what waits in the outbox.
 pub(crate) enum Writer {
@@ -140,8 +140,8 @@ pub(crate) trait Peer: Send {
 
 /// The room as a connection's peer: messages pass the rate limit and go to its mailbox.
 pub(crate) struct RoomPeer {
-    pub(crate) room: RoomHandle,
-    pub(crate) conn: ConnId,
+    room: RoomHandle,
+    conn: ConnId,
     bucket: TokenBucket,
 }
 
@@ -318,17 +318,15 @@ impl Deadlines {
             next = next.min(at);
         }
         match (self.write, progress) {
-            (Some((at, seen)), Some(progress)) => {
-                if now >= at {
-                    if progress == seen {
-                        return Check::Stuck;
-                    }
-                    let at = self.arm_write(now, progress);
-                    next = next.min(at);
-                } else {
-                    next = next.min(at);
-                }
+            (Some((at, seen)), Some(progress)) if now >= at && progress == seen => {
+                return Check::Stuck;
             }
+            // Progress since: a new deadline from now.
+            (Some((at, _)), Some(progress)) if now >= at => {
+                next = next.min(self.arm_write(now, progress));
+            }
+            (Some((at, _)), Some(_)) => next = next.min(at),
+            // Nothing waits (any more).
             _ => self.write = None,
         }
         Check::Next(next)
@@ -432,12 +430,8 @@ pub(crate) async fn run<P: Peer>(c: Connection<P>) {
                 }) {
                     Check::Next(at) => timer.as_mut().reset(at),
                     Check::Unfinished => {
-                        tracing::debug!(room = peer.label(), "closing connection: frame not finished in time");
-                        let e = ReadError::Timeout;
-                        outbox.close(CloseFrame {
-                            code: e.close_code().unwrap_or(1008),
-                            reason: e.to_string(),
-                        });
+                        // Closed with the timeout's code, as any read error.
+                        step(Err(ReadError::Timeout), &outbox, peer.label());
                         break End::Close;
                     }
                     Check::Silent => {

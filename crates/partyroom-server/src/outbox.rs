@@ -277,11 +277,7 @@ impl Outbox {
                 }
             }
             let stream: &tokio::net::TcpStream = socket.as_ref();
-            match stream.poll_write_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            std::task::ready!(stream.poll_write_ready(cx))?;
         }
     }
 
@@ -319,15 +315,12 @@ impl Outbox {
     /// and the connection reset (`SO_LINGER` 0) when the socket closes, so that a peer that
     /// stopped reading costs no kernel memory after it is dropped.
     pub(crate) fn abort(&self) {
-        let mut st = self.lock();
-        if let Some(socket) = &st.socket {
+        if let Some(socket) = &self.lock().socket {
             let stream: &tokio::net::TcpStream = (**socket).as_ref();
             let _ =
                 rustix::net::sockopt::set_socket_linger(stream, Some(std::time::Duration::ZERO));
         }
-        st.dead = true;
-        st.queue.clear();
-        st.socket = None;
+        self.shut();
     }
 }
 

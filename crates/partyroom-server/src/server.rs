@@ -9,9 +9,9 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
+use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use partyroom_room::{
     ConnectError, ConnectRequest, ConnectionSink, LookupError, RoomRequest, RoomResponse, Rooms,
 };
@@ -250,11 +250,12 @@ impl Server {
             // 40 ms.
             let _ = tcp.set_nodelay(true);
             let permit = ConnPermit(Arc::new(Mutex::new(Some(permit))));
-            let mut router = router.clone();
-            let service = TowerToHyperService::new(tower_service_fn(move |mut req: Request| {
+            let router = router.clone();
+            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let mut req = req.map(Body::new);
                 req.extensions_mut().insert(permit.clone());
-                tower_service::Service::call(&mut router, req)
-            }));
+                tower_service::Service::call(&mut router.clone(), req)
+            });
             let conn = http
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
@@ -578,7 +579,7 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let read = axum::body::to_bytes(body, config.max_body_bytes);
-    let refusal = match declared {
+    let mut refusal = match declared {
         Some(n) if n > config.max_body_bytes as u64 => {
             json_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
         }
@@ -598,41 +599,10 @@ async fn read_body(
             Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, "Request body timeout"),
         },
     };
-    let mut refusal = refusal;
     refusal
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     Err(refusal)
-}
-
-/// A tower service out of a closure (`tower::service_fn`, without the dependency).
-fn tower_service_fn<F>(f: F) -> ServiceFn<F> {
-    ServiceFn(f)
-}
-
-/// See [`tower_service_fn`].
-#[derive(Clone)]
-struct ServiceFn<F>(F);
-
-impl<F, Fut> tower_service::Service<http::Request<hyper::body::Incoming>> for ServiceFn<F>
-where
-    F: FnMut(Request) -> Fut,
-    Fut: Future<Output = Result<Response, std::convert::Infallible>>,
-{
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        (self.0)(req.map(Body::new))
-    }
 }
 
 /// Whether `x-access-shard` carries the configured shard secret (constant-time comparison).
