@@ -249,6 +249,13 @@ enum End {
     Abort,
 }
 
+/// `by` after `at`, or a year after it when that is later than a clock can say (a limit set
+/// to `Duration::MAX` means "never", not a panic).
+fn after(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .unwrap_or_else(|| at + Duration::from_secs(365 * 86_400))
+}
+
 /// The liveness and write deadlines of one connection, on one timer.
 struct Deadlines {
     limits: Limits,
@@ -272,15 +279,15 @@ impl Deadlines {
     /// The first check of a connection that was last heard at `last_read`.
     fn first(&self, last_read: Instant) -> Instant {
         match self.limits.ping_interval {
-            Some(interval) => last_read + interval,
-            // Far enough to never fire; re-armed when a write deadline starts.
-            None => last_read + Duration::from_secs(86_400 * 365),
+            Some(interval) => after(last_read, interval),
+            // Never, in effect; re-armed when a write deadline starts.
+            None => after(last_read, Duration::MAX),
         }
     }
 
     /// Frames started to wait at `now`: watch the socket for progress.
     fn arm_write(&mut self, now: Instant, progress: u64) -> Instant {
-        let at = now + self.limits.write_timeout;
+        let at = after(now, self.limits.write_timeout);
         self.write = Some((at, progress));
         at
     }
@@ -309,10 +316,10 @@ impl Deadlines {
             }
             // The next ping (one interval after this one), or the liveness deadline.
             let pings = silent.as_nanos() / interval.as_nanos().max(1) + 1;
-            let after = interval
+            let wait = interval
                 .checked_mul(u32::try_from(pings).unwrap_or(u32::MAX))
                 .unwrap_or(timeout);
-            next = last_read + after.min(timeout);
+            next = after(last_read, wait.min(timeout));
         }
         if let Some(at) = frame_deadline {
             next = next.min(at);
@@ -761,6 +768,24 @@ mod tests {
             d.check(s(15), s(14), Some(s(15)), None, || {}),
             super::Check::Unfinished
         ));
+    }
+
+    /// Limits of `Duration::MAX` mean never: no deadline overflows the clock.
+    #[tokio::test(start_paused = true)]
+    async fn limits_of_duration_max_never_fire() {
+        let t0 = tokio::time::Instant::now();
+        let mut d = super::Deadlines {
+            limits: super::Limits {
+                ping_interval: Some(Duration::MAX),
+                liveness_timeout: Duration::MAX,
+                write_timeout: Duration::MAX,
+            },
+            write: None,
+        };
+        assert!(d.first(t0) > t0);
+        assert!(d.arm_write(t0, 0) > t0);
+        let later = t0 + Duration::from_secs(3600);
+        assert!(next(d.check(later, t0, None, Some(0), || panic!("no ping"))) > later);
     }
 
     /// The write deadline: no byte written in the write timeout is stuck; progress re-arms it.

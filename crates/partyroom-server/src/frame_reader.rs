@@ -166,7 +166,8 @@ impl FrameReader {
 
     /// When the unfinished frame or message must be finished (with a frame timeout).
     pub(crate) fn frame_deadline(&self) -> Option<Instant> {
-        Some(self.partial_since? + self.frame_timeout?)
+        // None too when the timeout is beyond what the clock can say: never.
+        self.partial_since?.checked_add(self.frame_timeout?)
     }
 
     /// When the client last sent any bytes (or when the reader was made).

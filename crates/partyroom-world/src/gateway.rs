@@ -589,10 +589,11 @@ async fn relay(
             let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
         };
         let room_to_client = async {
-            let mut ticks = limits.ping_interval.map(|every| {
-                let mut t = tokio::time::interval_at(started + every, every);
+            // No ticks when the interval is beyond what the clock can say: never.
+            let mut ticks = limits.ping_interval.and_then(|every| {
+                let mut t = tokio::time::interval_at(started.checked_add(every)?, every);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
+                Some(t)
             });
             loop {
                 let tick = async {
