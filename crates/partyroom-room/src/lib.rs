@@ -16,32 +16,49 @@
 //! typed, validated input; anything malformed, unknown or invalid changes nothing and is
 //! dropped (logged at debug level); the connection stays open.
 
+// Layers, bottom first; each module uses only the ones above it in this list (checked by
+// `tests/layering.rs`; see docs/ARCHITECTURE.md):
+//   clock, config, pattern, storage   leaves: options, time, ids, the storage trait
+//   protocol    the wire: envelopes, packets, close frames, HTTP types (pure)
+//   connection  connect requests, guards' view, refusals, sinks, live connections
+//   session     sessions, expiry, transfer tokens, ids
+//   mailbox     room messages, RoomHandle, async guards, the Rooms directory
+//   handlers    Handlers registration, action inputs, Cx / HttpCx
+//   room        the Room trait
+//   actor       the room task, split by concern
+//   registry    RoomsBuilder: registers room types and starts their actors
+//   testing     the in-process harness
 mod actor;
+pub mod clock;
 mod config;
-mod conn;
-mod context;
-mod handler;
-pub mod http;
+mod connection;
+mod handlers;
+mod mailbox;
 mod pattern;
+mod protocol;
 mod registry;
 mod room;
+mod session;
 pub mod storage;
-mod sync;
 pub mod testing;
 
-pub use actor::ConnectError;
+pub use clock::{Clock, SystemClock};
 pub use config::RoomConfig;
-pub use conn::{
-    CloseFrame, ConnId, ConnInfo, ConnectRequest, ConnectionChannels, ConnectionSink,
-    MAX_SESSION_ID_BYTES, SinkStatus,
+pub use connection::refusal::{ConnectError, Refusal};
+pub use connection::request::{
+    ConnId, ConnInfo, ConnectInfo, ConnectRequest, ConnectionChannels, MAX_SESSION_ID_BYTES,
 };
-pub use context::TransferError;
-pub use context::{Cx, HttpCx};
-pub use handler::{
-    ActionInput, AsyncConnectGuard, AsyncRequestGuard, ConnectInfo, Handlers, Intercept, Refusal,
-    Rejection, Valid,
-};
-pub use http::{IntoRoomResponse, Json, RoomRequest, RoomResponse, Text};
+pub use connection::sink::{ConnectionSink, SinkStatus};
+pub use handlers::context::{Cx, HttpCx, TransferError};
+pub use handlers::input::{ActionInput, Valid};
+pub use handlers::registration::{Handlers, Intercept};
+pub use mailbox::admission::{AsyncConnectGuard, AsyncRequestGuard};
+pub use mailbox::directory::{LookupError, Rooms};
+pub use mailbox::room_handle::{RoomGone, RoomHandle};
 pub use pattern::{Params, PatternError, RoomPattern};
-pub use registry::{LookupError, RoomGone, RoomHandle, Rooms, RoomsBuilder};
+pub use protocol::close::CloseFrame;
+pub use protocol::http;
+pub use protocol::http::{IntoRoomResponse, Json, RoomRequest, RoomResponse, Text};
+pub use protocol::inbound::Rejection;
+pub use registry::RoomsBuilder;
 pub use room::Room;

@@ -1,7 +1,7 @@
 //! The [`Room`] trait: a room type is its state plus its handlers.
 
 use crate::config::RoomConfig;
-use crate::handler::Handlers;
+use crate::handlers::registration::Handlers;
 use crate::pattern::Params;
 use partyroom_state::State;
 

@@ -31,13 +31,16 @@ use http::{HeaderMap, Method};
 use partyroom_state::{ClientMirror, Packet};
 use serde_json::Value;
 
-use crate::ConnectError;
-use crate::conn::{CloseFrame, ConnId, ConnectRequest, ConnectionChannels};
-use crate::http::{RoomRequest, RoomResponse};
-use crate::registry::{RoomHandle, Rooms};
+use std::sync::Arc;
+
+use crate::connection::refusal::ConnectError;
+use crate::connection::request::{ConnId, ConnectRequest, ConnectionChannels};
+use crate::mailbox::directory::Rooms;
+use crate::mailbox::room_handle::RoomHandle;
+use crate::protocol::close::CloseFrame;
+use crate::protocol::http::{RoomRequest, RoomResponse};
 use crate::room::Room;
 use crate::storage::{RoomKey, Storage};
-use std::sync::Arc;
 
 /// A live room instance driven in-process.
 #[derive(Debug, Clone)]

@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::RoomActor;
-use crate::conn::ConnId;
-use crate::room::Room;
+use super::sync_scheduler::SyncScheduler;
+use crate::clock::Clock;
+use crate::connection::live::{Conn, Conns, ReadHold};
 
 /// Longest the window-end flush waits for the held connections' answers.
 pub(crate) const DRAIN_WAIT: Duration = Duration::from_millis(2);
@@ -85,16 +85,10 @@ impl HeldReads {
     }
 }
 
-impl<R: Room> RoomActor<R> {
-    /// After a message from `conn_id`: hold its reads if it also sent in the previous window.
-    pub(super) fn consider_holding(&mut self, conn_id: ConnId) {
-        if self.sync.throttle().is_zero() || !self.config.hold_reads {
-            return;
-        }
-        let window = self.sync.windows();
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
-            return;
-        };
+impl HeldReads {
+    /// After a message on `conn` in sync window `window`: hold its reads if it also sent in
+    /// the previous window.
+    pub(crate) fn consider(&mut self, conn: &mut Conn, window: u64, clock: &dyn Clock) {
         let reads = &mut conn.reads;
         let busy = reads.last_window.is_some_and(|last| window <= last + 1);
         reads.last_window = Some(window);
@@ -106,96 +100,101 @@ impl<R: Room> RoomActor<R> {
             return;
         }
         conn.reads.held = true;
-        self.held_reads.held += 1;
-        if self.held_reads.last_drain.is_none() {
-            self.held_reads.last_drain = Some(Instant::now());
+        self.held += 1;
+        if self.last_drain.is_none() {
+            self.last_drain = Some(clock.now());
         }
     }
 
     /// On the room's timer: ask the held connections to drain when a window ends, or stop
     /// waiting for their answers once [`DRAIN_WAIT`] is over. `mail_waiting`: the mailbox is
     /// not empty, so answers may be in it; they get one more [`DRAIN_WAIT`] to be handled.
-    pub(super) fn drive_held_reads(&mut self, now: Instant, mail_waiting: bool) {
-        let held = &mut self.held_reads;
-        if held.draining > 0 {
-            let over = held
+    pub(crate) fn drive(
+        &mut self,
+        now: Instant,
+        mail_waiting: bool,
+        conns: &mut Conns,
+        sync: &SyncScheduler,
+        room: &str,
+    ) {
+        if self.draining > 0 {
+            let over = self
                 .drain_deadline
                 .is_some_and(|d| now >= d && (!mail_waiting || now >= d + DRAIN_WAIT));
             if over {
-                tracing::debug!(room = %self.id, late = held.draining, "drain answers late");
+                tracing::debug!(room, late = self.draining, "drain answers late");
                 // Late answers are ignored; their messages are handled when they come.
-                for conn in self.conns.values_mut() {
+                for conn in conns.values_mut() {
                     conn.reads.drain_pending = false;
                 }
-                held.draining = 0;
-                held.drain_deadline = None;
+                self.draining = 0;
+                self.drain_deadline = None;
             }
             return;
         }
-        self.start_drain_if_due(now);
+        self.start_drain_if_due(now, conns, sync);
     }
 
     /// Ask the held connections to drain if a drain is due (a window has ended since the
     /// last one) and none is under way. Every window-end flush comes after this.
-    pub(super) fn start_drain_if_due(&mut self, now: Instant) {
-        let held = &mut self.held_reads;
-        let due = held.draining == 0
-            && held
-                .deadline(self.sync.window_end(), self.sync.throttle())
+    pub(crate) fn start_drain_if_due(
+        &mut self,
+        now: Instant,
+        conns: &mut Conns,
+        sync: &SyncScheduler,
+    ) {
+        let due = self.draining == 0
+            && self
+                .deadline(sync.window_end(), sync.throttle())
                 .is_some_and(|at| now >= at);
         if !due {
             return;
         }
-        held.last_drain = Some(now);
-        held.flush_due = Some(now);
+        self.last_drain = Some(now);
+        self.flush_due = Some(now);
         // Connection tasks run in the order they are woken: start at a different connection
         // each time, so that no client's messages are always handled first.
-        let start = held.drains % self.conns.len().max(1);
-        held.drains = held.drains.wrapping_add(1);
-        let (head, tail) = self.conns.as_mut_slice().split_at_mut(start);
+        let start = self.drains % conns.len().max(1);
+        self.drains = self.drains.wrapping_add(1);
+        let (head, tail) = conns.as_mut_slice().split_at_mut(start);
         for (_, conn) in tail.iter_mut().chain(head.iter_mut()) {
             if conn.reads.held && !conn.reads.drain_pending {
                 conn.reads.drain_pending = true;
-                held.draining += 1;
+                self.draining += 1;
                 conn.drain_held();
             }
         }
-        if held.draining > 0 {
-            held.drain_deadline = Some(now + DRAIN_WAIT);
+        if self.draining > 0 {
+            self.drain_deadline = Some(now + DRAIN_WAIT);
         }
     }
 
     /// A held connection answered its drain; `delivered`: it handed over messages first.
-    pub(super) fn on_drained(&mut self, conn_id: ConnId, delivered: bool) {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
-            return;
-        };
+    pub(crate) fn on_drained(&mut self, conn: &mut Conn, delivered: bool) {
         if !std::mem::take(&mut conn.reads.drain_pending) {
             return; // answered after the room stopped waiting
         }
-        let held = &mut self.held_reads;
-        held.draining -= 1;
-        if held.draining == 0 {
-            held.drain_deadline = None;
+        self.draining -= 1;
+        if self.draining == 0 {
+            self.drain_deadline = None;
         }
         if !delivered && conn.reads.held {
             // A quiet client: read its messages as they arrive again.
             conn.hold_reads(false);
             conn.reads.held = false;
-            held.held -= 1;
+            self.held -= 1;
         }
     }
 
     /// A connection left: it no longer holds reads or owes an answer.
-    pub(super) fn forget_held(&mut self, reads: &crate::conn::ReadHold) {
-        let held = &mut self.held_reads;
+    pub(crate) fn forget(&mut self, reads: &ReadHold) {
         if reads.held {
-            held.held -= 1;
+            self.held -= 1;
         }
         if reads.drain_pending {
-            held.draining -= 1;
-            if held.draining == 0 {
-                held.drain_deadline = None;
+            self.draining -= 1;
+            if self.draining == 0 {
+                self.drain_deadline = None;
             }
         }
     }

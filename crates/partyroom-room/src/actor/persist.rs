@@ -1,4 +1,5 @@
-//! Saving a room to storage and restoring it: the persist half of the actor.
+//! Saving a room to storage: which rows are dirty, when the next batch is due, the batch in
+//! flight, and reading everything back when a room starts (applied by `restore.rs`).
 //!
 //! What is stored (keys of [`crate::storage::Storage`], per room):
 //! - `state/<field>`: a root field of the state, whole;
@@ -14,16 +15,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use partyroom_state::{State, load_into};
-use serde_json::{Map, Value, json};
+use partyroom_state::{Tracked, Tracker};
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{RoomActor, Session, now_ms};
-use crate::room::Room;
+use crate::session::lifecycle::Sessions;
+use crate::session::transfer::Transfers;
 use crate::storage::{Batch, RoomKey, Storage, StorageError, escape_segment, unescape_segment};
 
-const STATE: &str = "state/";
+/// Key prefix of the state rows.
+pub(crate) const STATE: &str = "state/";
 const SESSION: &str = "session/";
 const TRANSFER: &str = "transfer/";
 
@@ -70,23 +72,31 @@ impl Persistence {
         }
     }
 
-    pub(crate) fn rows_changed(&mut self, rows: Vec<Vec<String>>, throttle: Duration) {
+    /// State rows changed at `now`: write them within `throttle`.
+    pub(crate) fn rows_changed(
+        &mut self,
+        rows: Vec<Vec<String>>,
+        throttle: Duration,
+        now: Instant,
+    ) {
         if rows.is_empty() {
             return;
         }
         self.dirty_rows.extend(rows);
-        self.schedule(throttle);
+        self.schedule(now + throttle);
     }
 
-    pub(crate) fn session_changed(&mut self, private_id: &str) {
+    /// A session changed at `now`.
+    pub(crate) fn session_changed(&mut self, private_id: &str, now: Instant) {
         self.dirty_sessions.insert(private_id.to_owned());
         // Sessions are small and decide who gets which user back: write them promptly.
-        self.schedule(Duration::ZERO);
+        self.schedule(now);
     }
 
-    pub(crate) fn transfer_changed(&mut self, token: &str) {
+    /// A transfer token was made or used at `now`.
+    pub(crate) fn transfer_changed(&mut self, token: &str, now: Instant) {
         self.dirty_transfers.insert(token.to_owned());
-        self.schedule(Duration::ZERO);
+        self.schedule(now);
     }
 
     fn is_clean(&self) -> bool {
@@ -95,14 +105,13 @@ impl Persistence {
             && self.dirty_transfers.is_empty()
     }
 
-    fn schedule(&mut self, after: Duration) {
-        let at = Instant::now() + after;
+    fn schedule(&mut self, at: Instant) {
         self.due = Some(self.due.map_or(at, |d| d.min(at)));
     }
 
     /// Write whatever is dirty as soon as possible (shutdown).
-    pub(crate) fn due_now(&mut self) {
-        self.due = Some(Instant::now());
+    pub(crate) fn due_now(&mut self, now: Instant) {
+        self.due = Some(now);
     }
 
     /// When the next write should start (none while one is in flight).
@@ -139,14 +148,23 @@ fn row_key(row: &[String]) -> String {
     key
 }
 
-impl<R: Room> RoomActor<R> {
-    /// Load the stored state and sessions (spec 10.6, without its quirks).
-    pub(super) async fn restore(&mut self) -> Result<(), StorageError> {
-        let storage = self.persist.storage.clone();
-        let key = self.persist.key.clone();
-        let rows = storage.list(&key, STATE).await?;
-        let sessions = storage.list(&key, SESSION).await?;
-        let transfers = storage.list(&key, TRANSFER).await?;
+/// What is stored for a room, as read when it starts.
+pub(crate) struct Stored {
+    /// The state rows assembled into one snapshot of the root fields.
+    pub(crate) snapshot: Value,
+    /// Sessions: private id and stored record.
+    pub(crate) sessions: Vec<(String, Value)>,
+    /// Transfer tokens and their stored records.
+    pub(crate) transfers: Vec<(String, Value)>,
+}
+
+impl Persistence {
+    /// Read everything stored for the room (spec 10.6, without its quirks), and note which
+    /// root fields are stored whole.
+    pub(crate) async fn load(&mut self) -> Result<Stored, StorageError> {
+        let rows = self.storage.list(&self.key, STATE).await?;
+        let sessions = self.storage.list(&self.key, SESSION).await?;
+        let transfers = self.storage.list(&self.key, TRANSFER).await?;
 
         let mut snapshot = Map::new();
         let mut entries = Vec::new();
@@ -155,7 +173,7 @@ impl<R: Room> RoomActor<R> {
             match rest.split_once('/') {
                 None => {
                     let field = unescape_segment(rest);
-                    self.persist.whole_fields.insert(field.clone());
+                    self.whole_fields.insert(field.clone());
                     snapshot.insert(field, v);
                 }
                 Some((f, e)) => entries.push((unescape_segment(f), unescape_segment(e), v)),
@@ -172,101 +190,34 @@ impl<R: Room> RoomActor<R> {
                 m.insert(entry, v);
             }
         }
-        let mut snapshot = Value::Object(snapshot);
-        if let Some(hook) = &self.handlers.on_storage_restore {
-            hook(&mut snapshot);
-        }
-        if let (Some(hook), Some(users)) = (&self.handlers.on_user_storage_restore, R::USERS_FIELD)
-            && let Some(Value::Object(map)) = snapshot.get_mut(users)
-        {
-            for (public_id, user) in map.iter_mut() {
-                hook(public_id, user);
-            }
-        }
-        let state = self.tracker.state_mut();
-        if let Err(err) = load_into(state, &snapshot) {
-            return Err(StorageError::Corrupt {
-                key: format!("{STATE}{}", err.path()),
-                reason: err.to_string(),
-            });
-        }
-        // Nobody is connected to a room that is just starting, whatever was stored.
-        if let Some(users) = state.users_mut() {
-            for user in users.values_mut() {
-                user.set_connected(false);
-            }
-        }
-        self.tracker.rebase();
-
-        let now = Instant::now();
-        let wall = now_ms();
-        for (k, v) in sessions {
-            let private_id = unescape_segment(&k[SESSION.len()..]);
-            let Some(public_id) = v.get("publicId").and_then(Value::as_str) else {
-                tracing::warn!(room = %self.id, key = %k, "dropping a session without publicId");
-                self.persist.session_changed(&private_id);
-                continue;
-            };
-            // A session stored without `disconnectedAt` was connected when the process
-            // stopped (a crash): it counts as disconnected now, so expiry still runs.
-            let disconnected_ms = v
-                .get("disconnectedAt")
-                .and_then(Value::as_u64)
-                .unwrap_or(wall);
-            let ago = Duration::from_millis(wall.saturating_sub(disconnected_ms));
-            let disconnected = now.checked_sub(ago).unwrap_or(now);
-            self.sessions.insert(
-                private_id.clone(),
-                Session {
-                    public_id: public_id.to_owned(),
-                    live: 0,
-                    created_ms: v.get("created").and_then(Value::as_u64).unwrap_or(wall),
-                    disconnected: Some(disconnected),
-                    disconnected_ms: Some(disconnected_ms),
-                },
-            );
-            if let Some(after) = self.config.session_expiry {
-                self.expiries.insert((disconnected + after, private_id));
-            }
-        }
-        for (k, v) in transfers {
-            let token = unescape_segment(&k[TRANSFER.len()..]);
-            let created_ms = v.get("created").and_then(Value::as_u64).unwrap_or(0);
-            let age = Duration::from_millis(wall.saturating_sub(created_ms));
-            match (
-                v.get("privateId").and_then(Value::as_str),
-                v.get("publicId").and_then(Value::as_str),
-            ) {
-                (Some(private_id), Some(public_id)) if age < self.config.transfer_expiry => {
-                    self.transfers.insert(
-                        token,
-                        super::Transfer {
-                            private_id: private_id.to_owned(),
-                            public_id: public_id.to_owned(),
-                            created: now.checked_sub(age).unwrap_or(now),
-                            created_ms,
-                        },
-                    );
-                }
-                // Expired or unreadable: forget it.
-                _ => self.persist.transfer_changed(&token),
-            }
-        }
-        // Expire what is overdue right away.
-        self.on_timer(false);
-        Ok(())
+        let unprefix = |list: Vec<(String, Value)>, prefix: &str| {
+            list.into_iter()
+                .map(|(k, v)| (unescape_segment(&k[prefix.len()..]), v))
+                .collect()
+        };
+        Ok(Stored {
+            snapshot: Value::Object(snapshot),
+            sessions: unprefix(sessions, SESSION),
+            transfers: unprefix(transfers, TRANSFER),
+        })
     }
 
-    /// Start a batch write if one is due and none is in flight.
-    pub(super) fn maybe_save(&mut self) {
-        let p = &mut self.persist;
-        if p.writing || p.is_clean() || p.due.is_some_and(|d| d > Instant::now()) {
+    /// Start a batch write if one is due at `now` and none is in flight: the dirty rows are
+    /// read from the live state (`tracker`), sessions and tokens from their tables.
+    pub(crate) fn maybe_save<S: Tracked>(
+        &mut self,
+        now: Instant,
+        tracker: &Tracker<S>,
+        sessions: &Sessions,
+        transfers: &Transfers,
+    ) {
+        if self.writing || self.is_clean() || self.due.is_some_and(|d| d > now) {
             return;
         }
-        p.due = None;
-        let mut rows: HashSet<Vec<String>> = HashSet::with_capacity(p.dirty_rows.len());
-        for row in p.dirty_rows.drain() {
-            if row.len() >= 2 && p.whole_fields.contains(&row[0]) {
+        self.due = None;
+        let mut rows: HashSet<Vec<String>> = HashSet::with_capacity(self.dirty_rows.len());
+        for row in self.dirty_rows.drain() {
+            if row.len() >= 2 && self.whole_fields.contains(&row[0]) {
                 rows.insert(vec![row[0].clone()]);
             } else if !row.is_empty() {
                 rows.insert(row);
@@ -278,69 +229,58 @@ impl<R: Room> RoomActor<R> {
             if row.len() == 1 {
                 // A whole field replaces any entry rows stored under it.
                 batch.delete_prefixes.push(format!("{key}/"));
-                p.whole_fields.insert(row[0].clone());
+                self.whole_fields.insert(row[0].clone());
             }
-            match self.tracker.persist_row(row) {
+            match tracker.persist_row(row) {
                 Some(value) => batch.puts.push((key, value)),
                 None => batch.deletes.push(key),
             }
         }
-        let sessions: Vec<String> = p.dirty_sessions.drain().collect();
-        for private_id in &sessions {
+        let dirty_sessions: Vec<String> = self.dirty_sessions.drain().collect();
+        for private_id in &dirty_sessions {
             let key = format!("{SESSION}{}", escape_segment(private_id));
-            match self.sessions.get(private_id) {
-                Some(s) => batch.puts.push((
-                    key,
-                    json!({
-                        "publicId": s.public_id,
-                        "created": s.created_ms,
-                        "disconnectedAt": s.disconnected_ms,
-                    }),
-                )),
+            match sessions.get(private_id) {
+                Some(s) => batch.puts.push((key, s.to_stored())),
                 None => batch.deletes.push(key),
             }
         }
-        let transfers: Vec<String> = p.dirty_transfers.drain().collect();
-        for token in &transfers {
+        let dirty_transfers: Vec<String> = self.dirty_transfers.drain().collect();
+        for token in &dirty_transfers {
             let key = format!("{TRANSFER}{}", escape_segment(token));
-            match self.transfers.get(token) {
-                Some(t) => batch.puts.push((
-                    key,
-                    json!({"privateId": t.private_id, "publicId": t.public_id, "created": t.created_ms}),
-                )),
+            match transfers.get(token) {
+                Some(t) => batch.puts.push((key, t.to_stored())),
                 None => batch.deletes.push(key),
             }
         }
-        p.writing = true;
-        let storage = p.storage.clone();
-        let key = p.key.clone();
-        let done = p.done_tx.clone();
+        self.writing = true;
+        let storage = self.storage.clone();
+        let key = self.key.clone();
+        let done = self.done_tx.clone();
         let rows: Vec<Vec<String>> = rows.into_iter().collect();
         tokio::spawn(async move {
             let result = storage.apply(&key, batch).await;
             let _ = done.send(WriteDone {
                 result,
                 rows,
-                sessions,
-                transfers,
+                sessions: dirty_sessions,
+                transfers: dirty_transfers,
             });
         });
     }
 
-    /// A batch write finished.
-    pub(super) fn on_written(&mut self, done: WriteDone) {
-        let p = &mut self.persist;
-        p.writing = false;
+    /// A batch write finished at `now`. A failed one is retried with backoff.
+    pub(crate) fn on_written(&mut self, done: WriteDone, now: Instant, room: &str) {
+        self.writing = false;
         match done.result {
-            Ok(()) => p.failures = 0,
+            Ok(()) => self.failures = 0,
             Err(err) => {
-                p.failures += 1;
-                let backoff = Duration::from_millis(100 << p.failures.min(6));
-                tracing::error!(room = %self.id, %err, retry_in = ?backoff, "saving room failed");
-                p.dirty_rows.extend(done.rows);
-                p.dirty_sessions.extend(done.sessions);
-                p.dirty_transfers.extend(done.transfers);
-                p.due = Some(Instant::now() + backoff);
+                self.failures += 1;
+                let backoff = Duration::from_millis(100 << self.failures.min(6));
+                tracing::error!(room, %err, retry_in = ?backoff, "saving room failed");
+                self.dirty_rows.extend(done.rows);
+                self.dirty_sessions.extend(done.sessions);
+                self.dirty_transfers.extend(done.transfers);
+                self.due = Some(now + backoff);
             }
         }
     }

@@ -1,8 +1,7 @@
-//! Sync scheduling (spec 6.8) and packet building.
+//! The sync throttle (spec 6.8): when a room sends the patches its handlers produce.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use partyroom_state::patch::{can_merge, merge_patch};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -108,78 +107,10 @@ impl SyncScheduler {
     }
 }
 
-/// `{"type":"sync","value":<patch>}`, serialized once.
-pub(crate) fn sync_packet(patch: &Value) -> Bytes {
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(br#"{"type":"sync","value":"#);
-    serde_json::to_writer(&mut out, patch).expect("a JSON value always serializes");
-    out.push(b'}');
-    Bytes::from(out)
-}
-
-/// The first packet of a connection: `{"type":"sync","value":{"pId":"<id>", ...snapshot}}`.
-#[cfg(test)]
-pub(crate) fn initial_packet(public_id: &str, snapshot: &Value) -> Bytes {
-    initial_packet_with(public_id, &InitialBody::new(snapshot))
-}
-
-/// The part of a first packet that does not depend on the receiver (the snapshot after
-/// `pId`), serialized once for every client that joins in the same batch.
-pub(crate) struct InitialBody(Vec<u8>);
-
-impl InitialBody {
-    pub(crate) fn new(snapshot: &Value) -> Self {
-        let mut out = Vec::with_capacity(256);
-        if let Value::Object(map) = snapshot {
-            for (k, v) in map {
-                if k == "pId" {
-                    continue; // `pId` is reserved for the public id (quirk Q8 fixed)
-                }
-                out.push(b',');
-                serde_json::to_writer(&mut out, k).expect("a string always serializes");
-                out.push(b':');
-                serde_json::to_writer(&mut out, v).expect("a JSON value always serializes");
-            }
-        }
-        out.extend_from_slice(b"}}");
-        Self(out)
-    }
-}
-
-/// A first packet for `public_id` around a serialized body.
-pub(crate) fn initial_packet_with(public_id: &str, body: &InitialBody) -> Bytes {
-    let mut out = Vec::with_capacity(40 + public_id.len() + body.0.len());
-    out.extend_from_slice(br#"{"type":"sync","value":{"pId":"#);
-    serde_json::to_writer(&mut out, public_id).expect("a string always serializes");
-    out.extend_from_slice(&body.0);
-    Bytes::from(out)
-}
-
-/// Any JSON value as a frame.
-pub(crate) fn json_frame(value: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).expect("a JSON value always serializes"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn packets() {
-        assert_eq!(
-            &sync_packet(&json!({"a":1}))[..],
-            br#"{"type":"sync","value":{"a":1}}"#
-        );
-        let p = initial_packet("AbCd1234", &json!({"count":0,"pId":"x"}));
-        let v: Value = serde_json::from_slice(&p).unwrap();
-        assert_eq!(
-            v,
-            json!({"type":"sync","value":{"pId":"AbCd1234","count":0}})
-        );
-        let p = initial_packet("AbCd1234", &json!({}));
-        assert_eq!(&p[..], br#"{"type":"sync","value":{"pId":"AbCd1234"}}"#);
-    }
 
     #[tokio::test(start_paused = true)]
     async fn throttle_leading_and_trailing() {

@@ -5,10 +5,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::conn::{ConnId, ConnInfo};
-use crate::http::{RoomRequest, RoomResponse, body_error};
+use crate::connection::request::{ConnId, ConnInfo};
+use crate::mailbox::directory::{LookupError, Rooms};
+use crate::mailbox::room_handle::RoomHandle;
 use crate::pattern::Params;
-use crate::registry::{LookupError, RoomHandle, Rooms};
+use crate::protocol::http::{RoomRequest, RoomResponse, body_error};
+use crate::session::ids::secure_token;
 
 /// A message a handler asked to send; delivered after the state patch the handler produced.
 #[derive(Debug, Clone)]
@@ -192,7 +194,7 @@ impl Cx<'_> {
     ) -> Result<String, TransferError> {
         let conn = self.conn.ok_or(TransferError::NoConnection)?;
         let target = self.scope.rooms.get(party, target_room)?;
-        let token = crate::actor::secure_token();
+        let token = secure_token();
         self.scope.effects.transfers.push(TransferOut {
             token: token.clone(),
             target,

@@ -1,0 +1,28 @@
+//! Close frames: how a room ends a client's connection.
+
+/// Why the room closed a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseFrame {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Human-readable reason (at most 123 bytes on the wire).
+    pub reason: String,
+}
+
+impl CloseFrame {
+    /// 1013 "try again later": the client did not read fast enough.
+    pub fn too_slow() -> Self {
+        Self {
+            code: 1013,
+            reason: "client too slow: outgoing queue full".into(),
+        }
+    }
+
+    /// 1001 "going away": the room is shutting down.
+    pub fn going_away() -> Self {
+        Self {
+            code: 1001,
+            reason: "room closed".into(),
+        }
+    }
+}
