@@ -11,7 +11,7 @@
 
 use http::{HeaderMap, StatusCode, header};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use partyroom::room::RoomResponse;
+use partyroom_room::RoomResponse;
 use serde::{Deserialize, Serialize};
 
 use crate::config::WorldConfig;
@@ -199,7 +199,7 @@ pub fn shard_secret(config: &WorldConfig, headers: &HeaderMap) -> Result<bool, A
     if config.shard_secret.is_empty() {
         return Err(AuthError::NotConfigured);
     }
-    if partyroom::server::constant_time_eq(config.shard_secret.as_bytes(), given.as_bytes()) {
+    if partyroom_server::constant_time_eq(config.shard_secret.as_bytes(), given.as_bytes()) {
         Ok(true)
     } else {
         Err(AuthError::BadShardSecret)

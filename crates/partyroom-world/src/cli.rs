@@ -20,9 +20,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use axum::Router;
 use clap::Parser;
-use partyroom::room::RoomsBuilder;
-use partyroom::server::{Server, ServerConfig};
-use partyroom::storage::{MemoryStorage, SqliteStorage, Storage};
+use partyroom_room::RoomsBuilder;
+use partyroom_server::{Server, ServerConfig};
+use partyroom_storage::{MemoryStorage, SqliteStorage, Storage};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Claims};
@@ -182,7 +182,7 @@ pub async fn run(args: Args, app: App) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let signal = token.clone();
     tokio::spawn(async move {
-        partyroom::server::shutdown_signal().await;
+        partyroom_server::shutdown_signal().await;
         signal.cancel();
     });
     run_until(args, app, token).await
@@ -190,7 +190,7 @@ pub async fn run(args: Args, app: App) -> anyhow::Result<()> {
 
 /// Serve until `shutdown` is cancelled.
 pub async fn run_until(args: Args, app: App, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = partyroom::server::bind((args.host.as_str(), args.port))
+    let listener = partyroom_server::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     serve_on(listener, args, app, shutdown).await
@@ -219,7 +219,7 @@ pub async fn serve_on(
         ),
         None => Arc::new(MemoryStorage::new()),
     };
-    let mut builder = partyroom::room::Rooms::builder().storage(storage);
+    let mut builder = partyroom_room::Rooms::builder().storage(storage);
     if roles.rooms {
         builder = (app.rooms)(builder);
     }

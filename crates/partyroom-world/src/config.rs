@@ -1,6 +1,6 @@
 //! The world service's configuration, shared by every world room of the process.
 //!
-//! A room type gets nothing but its id from the runtime ([`partyroom::room::Room::init`]), so
+//! A room type gets nothing but its id from the runtime ([`partyroom_room::Room::init`]), so
 //! the secrets and limits cannot be passed per room. [`WorldConfig::install`] publishes one
 //! configuration for the process; each world instance takes the configuration installed when
 //! it starts and keeps it (an `Arc`) for its whole life. Tests can install another one before

@@ -239,7 +239,7 @@ impl ShardGateway {
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {
-    let mut r = partyroom::room::RoomResponse::error(status, message);
+    let mut r = partyroom_room::RoomResponse::error(status, message);
     r.apply_cors();
     let mut out = Response::new(Body::from(r.body));
     *out.status_mut() = r.status;

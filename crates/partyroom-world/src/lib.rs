@@ -37,7 +37,7 @@ pub use gateway::{GatewayConfig, ShardGateway};
 pub use model::{RoomEntry, ShardId, ShardInfo, ShardStatus, Strategy};
 pub use world::{RegisterRoom, ScaleRoom, ShardStats, ShardTemplate, World, WorldError, now_ms};
 
-use partyroom::room::Rooms;
+use partyroom_room::Rooms;
 use tokio_util::sync::CancellationToken;
 
 /// Run the inactive-shard cleanup of every world started in this process (in party `party`)

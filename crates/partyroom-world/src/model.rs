@@ -1,6 +1,6 @@
 //! What a world stores: logical rooms, shards, and the names both are made of.
 
-use partyroom::state::{State, leaf_type};
+use partyroom_state::{State, leaf_type};
 use serde::{Deserialize, Serialize};
 
 /// Longest logical room name.

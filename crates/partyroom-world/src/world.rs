@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, StatusCode};
-use partyroom::room::{
+use partyroom_room::{
     ConnId, ConnectInfo, Handlers, HttpCx, Intercept, Refusal, Room, RoomConfig, RoomResponse,
 };
-use partyroom::state::{State, StateMap, Tracked};
+use partyroom_state::{State, StateMap, Tracked};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -766,7 +766,7 @@ impl Room for World {
         World::room_config("world-{worldId}")
     }
 
-    fn init(room_id: &str, _params: &partyroom::room::Params) -> Self {
+    fn init(room_id: &str, _params: &partyroom_room::Params) -> Self {
         World::with_config(room_id, WorldConfig::for_new_world(room_id))
     }
 

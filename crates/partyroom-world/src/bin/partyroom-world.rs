@@ -10,7 +10,8 @@
 //! ```
 
 use clap::Parser;
-use partyroom::prelude::*;
+use partyroom_room::{Handlers, Json, Room, RoomConfig};
+use partyroom_state::{State, StateMap};
 use partyroom_world::cli::{self, App, Args};
 
 /// A player of the demo room.
@@ -71,7 +72,7 @@ impl Room for Counter {
 async fn main() -> anyhow::Result<()> {
     cli::init_logging();
     let args = Args::parse();
-    partyroom::server::FdLimit::raise_and_log(args.max_connections);
+    partyroom_server::FdLimit::raise_and_log(args.max_connections);
     cli::run(
         args,
         App {
