@@ -5,8 +5,6 @@
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use tokio::sync::oneshot;
-
 use super::RoomActor;
 use crate::handlers::context::Cx;
 use crate::mailbox::message::{ErasedRun, RoomMsg};
@@ -27,17 +25,15 @@ impl RoomHandle {
         T: Send + 'static,
         F: FnOnce(&mut R, &mut Cx<'_>) -> T + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let run: RunFn = Box::new(move |state, cx| {
-            if let Some(room) = state.downcast_mut::<R>() {
-                let _ = tx.send(f(room, cx));
-            }
-        });
-        self.tx
-            .send(RoomMsg::Run(ErasedRun(Box::new(run))))
-            .await
-            .map_err(|_| RoomGone)?;
-        rx.await.map_err(|_| RoomGone)
+        self.ask(|reply| {
+            let run: RunFn = Box::new(move |state, cx| {
+                if let Some(room) = state.downcast_mut::<R>() {
+                    let _ = reply.send(f(room, cx));
+                }
+            });
+            RoomMsg::Run(ErasedRun(Box::new(run)))
+        })
+        .await
     }
 }
 

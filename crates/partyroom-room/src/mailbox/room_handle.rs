@@ -74,13 +74,9 @@ impl RoomHandle {
             .check_connect(&info)
             .await
             .map_err(ConnectError::Refused)?;
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(RoomMsg::Admit(info, tx))
+        self.ask(|reply| RoomMsg::Admit(info, reply))
             .await
-            .map_err(|_| ConnectError::RoomGone)?;
-        rx.await
-            .map_err(|_| ConnectError::RoomGone)?
+            .map_err(|RoomGone| ConnectError::RoomGone)?
             .map_err(ConnectError::Refused)?;
         request.admitted = true;
         Ok(())
@@ -97,12 +93,19 @@ impl RoomHandle {
                 .await
                 .map_err(ConnectError::Refused)?;
         }
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(RoomMsg::Connect(request, tx))
+        self.ask(|reply| RoomMsg::Connect(request, reply))
             .await
-            .map_err(|_| ConnectError::RoomGone)?;
-        rx.await.map_err(|_| ConnectError::RoomGone)?
+            .map_err(|RoomGone| ConnectError::RoomGone)?
+    }
+
+    /// Post the message `msg` builds around a reply channel, and wait for the reply.
+    pub(crate) async fn ask<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<T>) -> RoomMsg,
+    ) -> Result<T, RoomGone> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(msg(tx)).await.map_err(|_| RoomGone)?;
+        rx.await.map_err(|_| RoomGone)
     }
 
     /// Deliver a text message from a client. Waits while the room's mailbox is full.
@@ -158,12 +161,7 @@ impl RoomHandle {
         if let Err(response) = self.admission.check_request(&request).await {
             return Ok(response);
         }
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(RoomMsg::Request(request, tx))
-            .await
-            .map_err(|_| RoomGone)?;
-        rx.await.map_err(|_| RoomGone)
+        self.ask(|reply| RoomMsg::Request(request, reply)).await
     }
 
     /// True once the room task has stopped.
@@ -173,10 +171,7 @@ impl RoomHandle {
 
     /// Save everything, close every connection (1001) and stop the room.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(RoomMsg::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        let _ = self.ask(RoomMsg::Shutdown).await;
     }
 }
 
