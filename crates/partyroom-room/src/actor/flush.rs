@@ -49,14 +49,17 @@ impl<R: Room> RoomActor<R> {
     pub(super) fn flush_state(&mut self) {
         self.unflushed = false;
         let flush = self.tracker.flush();
-        let now = self.clock.now();
-        self.persist
-            .rows_changed(flush.persist.rows(), self.config.throttle_storage, now);
+        let rows = flush.persist.rows();
+        if !rows.is_empty() {
+            let now = self.clock.now();
+            self.persist
+                .rows_changed(rows, self.config.throttle_storage, now);
+        }
         // Clients that joined in this batch get the snapshot instead of the patch.
         let joined = std::mem::take(&mut self.batch_initial);
         if let Some(patch) = flush.sync {
             if self.auto_sync {
-                let at = self.held_reads.flush_time(now);
+                let at = self.held_reads.flush_time(self.clock.now());
                 for ready in self.sync.push(patch, at) {
                     self.send_patch_except(&ready, &joined);
                 }

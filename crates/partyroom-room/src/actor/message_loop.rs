@@ -39,9 +39,8 @@ impl<R: Room> RoomActor<R> {
                 }
                 () = sleep_until(deadline) => self.on_timer(!mailbox.is_empty()),
             }
-            let now = self.clock.now();
             self.persist
-                .maybe_save(now, &self.tracker, &self.sessions, &self.transfers);
+                .maybe_save(&*self.clock, &self.tracker, &self.sessions, &self.transfers);
             if let Some(reply) = shutdown.take() {
                 if self.persist.is_idle() {
                     for (_, mut conn) in self.conns.drain(..) {
@@ -51,7 +50,7 @@ impl<R: Room> RoomActor<R> {
                     break;
                 }
                 shutdown = Some(reply);
-            } else if self.should_unload(now) && unload.try_remove(&self.id, &mailbox) {
+            } else if self.should_unload() && unload.try_remove(&self.id, &mailbox) {
                 tracing::debug!(room = %self.id, "unloaded idle room");
                 break;
             }
@@ -204,11 +203,11 @@ impl<R: Room> RoomActor<R> {
         self.drop_slow();
     }
 
-    fn should_unload(&self, now: Instant) -> bool {
+    fn should_unload(&self) -> bool {
         match (self.idle_since, self.config.idle_timeout) {
             (Some(since), Some(after)) => {
                 self.conns.is_empty()
-                    && now >= since + after
+                    && self.clock.now() >= since + after
                     && self.persist.is_idle()
                     && self.sync.deadline().is_none()
                     && !self.unflushed

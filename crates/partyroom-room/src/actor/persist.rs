@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::session::lifecycle::Sessions;
 use crate::session::transfer::Transfers;
 use crate::storage::{Batch, RoomKey, Storage, StorageError, escape_segment, unescape_segment};
@@ -202,16 +203,17 @@ impl Persistence {
         })
     }
 
-    /// Start a batch write if one is due at `now` and none is in flight: the dirty rows are
-    /// read from the live state (`tracker`), sessions and tokens from their tables.
+    /// Start a batch write if one is due and none is in flight: the dirty rows are read from
+    /// the live state (`tracker`), sessions and tokens from their tables. The clock is read
+    /// only when something waits to be written (this runs after every mailbox batch).
     pub(crate) fn maybe_save<S: Tracked>(
         &mut self,
-        now: Instant,
+        clock: &dyn Clock,
         tracker: &Tracker<S>,
         sessions: &Sessions,
         transfers: &Transfers,
     ) {
-        if self.writing || self.is_clean() || self.due.is_some_and(|d| d > now) {
+        if self.writing || self.is_clean() || self.due.is_some_and(|d| d > clock.now()) {
             return;
         }
         self.due = None;
