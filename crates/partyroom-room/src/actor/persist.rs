@@ -100,6 +100,7 @@ impl Persistence {
         self.schedule(now);
     }
 
+    #[inline]
     fn is_clean(&self) -> bool {
         self.dirty_rows.is_empty()
             && self.dirty_sessions.is_empty()
@@ -206,6 +207,7 @@ impl Persistence {
     /// Start a batch write if one is due and none is in flight: the dirty rows are read from
     /// the live state (`tracker`), sessions and tokens from their tables. The clock is read
     /// only when something waits to be written (this runs after every mailbox batch).
+    #[inline]
     pub(crate) fn maybe_save<S: Tracked>(
         &mut self,
         clock: &dyn Clock,
@@ -216,6 +218,16 @@ impl Persistence {
         if self.writing || self.is_clean() || self.due.is_some_and(|d| d > clock.now()) {
             return;
         }
+        self.start_batch(tracker, sessions, transfers);
+    }
+
+    /// Build the batch from what is dirty and write it in a task.
+    fn start_batch<S: Tracked>(
+        &mut self,
+        tracker: &Tracker<S>,
+        sessions: &Sessions,
+        transfers: &Transfers,
+    ) {
         self.due = None;
         let mut rows: HashSet<Vec<String>> = HashSet::with_capacity(self.dirty_rows.len());
         for row in self.dirty_rows.drain() {

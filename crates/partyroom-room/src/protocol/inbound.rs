@@ -42,6 +42,7 @@ pub(crate) struct Envelope<'a> {
 }
 
 /// Refuse a message over `max` bytes.
+#[inline]
 pub(crate) fn check_size(text: &[u8], max: usize) -> Result<(), Rejection> {
     if text.len() > max {
         return Err(Rejection::TooLarge(text.len()));
@@ -51,6 +52,7 @@ pub(crate) fn check_size(text: &[u8], max: usize) -> Result<(), Rejection> {
 
 /// Read the envelope of a message. Only a JSON object is an envelope (serde would also read
 /// one from an array).
+#[inline]
 pub(crate) fn parse_envelope(text: &[u8]) -> Result<Envelope<'_>, Rejection> {
     if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(Rejection::Malformed("not a JSON object".into()));
