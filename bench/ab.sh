@@ -21,12 +21,8 @@ OUT=${OUT:-target/bench-ab}
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.log
 
-PIN_SERVER=()
-PIN_LOAD=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  PIN_SERVER=(taskset -c 0)
-  PIN_LOAD=(taskset -c 1)
-fi
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 ulimit -n 4096 2>/dev/null || true
 
 SERVER_PID=
@@ -43,13 +39,8 @@ run() {
   : >"$logfile"
   RUST_LOG=warn "${PIN_SERVER[@]}" "$bin/partyroom-arena" --port 0 --memory "${server_args[@]}" >"$logfile" 2>&1 &
   SERVER_PID=$!
-  local port=
-  for _ in $(seq 200); do
-    port=$(sed -n 's/^partyroom listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$logfile" | head -1 || true)
-    [ -n "$port" ] && break
-    sleep 0.05
-  done
-  [ -n "$port" ] || { cat "$logfile" >&2; echo "server did not start" >&2; exit 1; }
+  local port
+  port=$(arena_port "$logfile" 10)
   sleep 0.5
   "${PIN_LOAD[@]}" "$LOADTEST" --url "ws://127.0.0.1:$port" --server-pid "$SERVER_PID" \
     --label "$label" --json --no-progress "$@" >"$OUT/$name.$label.json"

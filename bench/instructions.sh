@@ -27,12 +27,8 @@ if ! command -v valgrind >/dev/null; then
   [ "$(id -u)" -ne 0 ] && sudo_=sudo
   $sudo_ apt-get install -y valgrind >/dev/null
 fi
-PIN_SERVER=()
-PIN_LOAD=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  PIN_SERVER=(taskset -c 0)
-  PIN_LOAD=(taskset -c 1)
-fi
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 SERVER_PID=
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -49,12 +45,7 @@ count() {
     --cachegrind-out-file="$OUT/$name.$label.cg" \
     "$bin/partyroom-arena" --port 0 --memory "${server_args[@]}" >"$log" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 600); do
-    port=$(sed -n 's/^partyroom listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1 || true)
-    [ -n "$port" ] && break
-    sleep 0.1
-  done
-  [ -n "$port" ] || { cat "$log" >&2; echo "server did not start" >&2; exit 1; }
+  port=$(arena_port "$log" 60)
   sleep 1
   local moves=0 ir
   if [ "$#" -eq 0 ]; then
