@@ -86,6 +86,14 @@ pub enum StorageError {
     /// The backend was shut down.
     #[error("storage is closed")]
     Closed,
+    /// The write was refused because the writer no longer holds the room: its lease expired
+    /// or another node claimed the room with a newer epoch (cluster mode). Nothing of the
+    /// batch was applied, and this writer must stop writing the room.
+    #[error("write refused: lease epoch {epoch} no longer holds the room")]
+    Fenced {
+        /// The writer's (stale) epoch.
+        epoch: u64,
+    },
 }
 
 /// A persistent key/value store for rooms. Implementations must be cheap to share

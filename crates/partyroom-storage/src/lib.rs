@@ -32,11 +32,18 @@
 //! # }
 //! ```
 //!
+//! With PostgreSQL, [`Leases`] keeps one lease per room (owner node, epoch, expiry by the
+//! database's clock) and [`PostgresStorage::apply_fenced`] writes a batch only while its lease
+//! holds: the building blocks of cluster mode, where a room has one owner at a time and a
+//! stale owner's writes are refused, never applied (see the `lease` module's docs for why).
+//!
 //! The [`conformance`] module (hidden from the docs) is the behaviour every backend must
 //! show; `tests/conformance.rs` runs it against each backend.
 
 #[doc(hidden)]
 pub mod conformance;
+#[cfg(feature = "postgres")]
+mod lease;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -44,6 +51,8 @@ mod sqlite;
 
 pub use partyroom_room::storage::{Batch, MemoryStorage, RoomKey, Storage, StorageError};
 
+#[cfg(feature = "postgres")]
+pub use lease::{DEFAULT_LEASE_TABLE, Lease, Leases};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStorage};
 #[cfg(feature = "sqlite")]

@@ -10,6 +10,7 @@ use partyroom_room::storage::{Batch, BoxFuture, RoomKey, Storage, StorageError};
 use serde_json::Value;
 use tokio_postgres::NoTls;
 
+use crate::lease::{Lease, Leases};
 use crate::{DEFAULT_TABLE, OpenError, prefix_upper_bound, validate_table_name};
 
 /// How [`PostgresStorage::connect_with`] sets up the pool and the table.
@@ -112,21 +113,7 @@ impl PostgresStorage {
     pub async fn from_pool(pool: Pool, table: &str) -> Result<Self, OpenError> {
         validate_table_name(table)?;
         let sql = Sql::new(table);
-        let mut client = pool.get().await.map_err(|e| OpenError::Pool(chain(&e)))?;
-        // `CREATE TABLE IF NOT EXISTS` races with itself across processes (a unique
-        // violation in the catalog); an advisory lock makes concurrent starts wait instead.
-        let tx = client.transaction().await.map_err(OpenError::Postgres)?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1))",
-            &[&format!("partyroom-storage:{table}")],
-        )
-        .await
-        .map_err(OpenError::Postgres)?;
-        tx.batch_execute(&sql.create)
-            .await
-            .map_err(OpenError::Postgres)?;
-        tx.commit().await.map_err(OpenError::Postgres)?;
-        drop(client);
+        create_table(&pool, table, &sql.create).await?;
         tracing::debug!(table, "postgres storage ready");
         Ok(Self {
             pool,
@@ -140,10 +127,7 @@ impl PostgresStorage {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StorageError::Backend(format!("postgres connection pool: {}", chain(&e))))
+        pool_client(&self.pool).await
     }
 
     async fn get_impl(&self, room: &RoomKey, key: &str) -> Result<Option<Value>, StorageError> {
@@ -201,6 +185,41 @@ impl PostgresStorage {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
+        self.write(&tx, room, batch).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    /// Apply `batch` only if `lease` still holds the room: the lease row is checked (owner,
+    /// epoch, not expired by the database's clock) and share-locked in the same transaction
+    /// as the writes, so a claim by another node waits for this write to commit, and a write
+    /// after a claim finds the new epoch and is refused ([`StorageError::Fenced`]) with
+    /// nothing of it applied. `leases` must be the [`Leases`] the lease came from.
+    pub async fn apply_fenced(
+        &self,
+        leases: &Leases,
+        lease: &Lease,
+        batch: Batch,
+    ) -> Result<(), StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        if !leases.hold(&tx, lease).await? {
+            return Err(StorageError::Fenced {
+                epoch: lease.epoch as u64,
+            });
+        }
+        if !batch.is_empty() {
+            self.write(&tx, &lease.room, batch).await?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    /// The statements of a batch, in `tx`.
+    async fn write(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        room: &RoomKey,
+        batch: Batch,
+    ) -> Result<(), StorageError> {
         let (party, room) = (&room.party, &room.room);
         if !batch.deletes.is_empty() {
             let stmt = tx.prepare_cached(&self.sql.delete).await.map_err(backend)?;
@@ -247,7 +266,7 @@ impl PostgresStorage {
                 .await
                 .map_err(backend)?;
         }
-        tx.commit().await.map_err(backend)
+        Ok(())
     }
 }
 
@@ -331,6 +350,29 @@ impl Sql {
     }
 }
 
+/// A connection from `pool`.
+pub(crate) async fn pool_client(pool: &Pool) -> Result<deadpool_postgres::Object, StorageError> {
+    pool.get()
+        .await
+        .map_err(|e| StorageError::Backend(format!("postgres connection pool: {}", chain(&e))))
+}
+
+/// Run `ddl` (`CREATE TABLE IF NOT EXISTS ...` for `table`) once even when several processes
+/// start at the same moment: the statement races with itself (a unique violation in the
+/// catalog), so an advisory lock makes concurrent starts wait instead.
+pub(crate) async fn create_table(pool: &Pool, table: &str, ddl: &str) -> Result<(), OpenError> {
+    let mut client = pool.get().await.map_err(|e| OpenError::Pool(chain(&e)))?;
+    let tx = client.transaction().await.map_err(OpenError::Postgres)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&format!("partyroom-storage:{table}")],
+    )
+    .await
+    .map_err(OpenError::Postgres)?;
+    tx.batch_execute(ddl).await.map_err(OpenError::Postgres)?;
+    tx.commit().await.map_err(OpenError::Postgres)
+}
+
 fn decode(key: &str, row: &tokio_postgres::Row, column: usize) -> Result<Value, StorageError> {
     row.try_get::<_, Value>(column)
         .map_err(|e| StorageError::Corrupt {
@@ -339,7 +381,7 @@ fn decode(key: &str, row: &tokio_postgres::Row, column: usize) -> Result<Value, 
         })
 }
 
-fn backend(e: tokio_postgres::Error) -> StorageError {
+pub(crate) fn backend(e: tokio_postgres::Error) -> StorageError {
     StorageError::Backend(format!("postgres: {}", describe(&e)))
 }
 

@@ -7,6 +7,8 @@ use partyroom_storage::conformance::run_all;
 use partyroom_storage::{MemoryStorage, RoomKey, Storage};
 use serde_json::json;
 
+mod support;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory() {
     run_all(Arc::new(MemoryStorage::new())).await;
@@ -86,51 +88,7 @@ mod sqlite {
 mod postgres {
     use super::*;
     use partyroom_storage::PostgresStorage;
-
-    const URL_VAR: &str = "PARTYROOM_TEST_POSTGRES_URL";
-
-    /// The server to test against, or `None` (after saying so) when none is configured
-    /// outside CI. In CI (`CI=true`) a missing server fails the test: it is never skipped.
-    fn postgres_url() -> Option<String> {
-        match std::env::var(URL_VAR) {
-            Ok(url) if !url.trim().is_empty() => Some(url),
-            _ => {
-                if std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
-                    panic!(
-                        "{URL_VAR} is not set, and CI=true: the PostgreSQL backend must be \
-                         tested in CI (scripts/test.sh starts a server and sets it)"
-                    );
-                }
-                eprintln!(
-                    "postgres conformance test skipped: set {URL_VAR} \
-                     (e.g. postgres://postgres@127.0.0.1:55432/partyroom_test) to run it"
-                );
-                None
-            }
-        }
-    }
-
-    /// A table of this test run only, dropped at the end.
-    fn table_name(test: &str) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        format!("partyroom_test_{test}_{}_{nanos}", std::process::id())
-    }
-
-    async fn drop_table(url: &str, table: &str) {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        let conn = tokio::spawn(connection);
-        client
-            .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
-            .await
-            .unwrap();
-        drop(client);
-        let _ = conn.await;
-    }
+    use support::postgres::{drop_table, postgres_url, table_name};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_conformance_and_reconnect() {

@@ -1,0 +1,4 @@
+//! Shared by the integration tests of this crate.
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
