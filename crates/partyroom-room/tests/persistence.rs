@@ -78,6 +78,8 @@ struct Recording {
     batches: Mutex<Vec<Batch>>,
     fail: AtomicBool,
     failures: AtomicUsize,
+    /// Refuse every write as fenced (the room belongs to another owner now).
+    fenced: AtomicBool,
 }
 
 impl Storage for Recording {
@@ -100,6 +102,10 @@ impl Storage for Recording {
         room: &'a RoomKey,
         batch: Batch,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
+        if self.fenced.load(Ordering::SeqCst) {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Box::pin(std::future::ready(Err(StorageError::Fenced { epoch: 1 })));
+        }
         if self.fail.load(Ordering::SeqCst) {
             self.failures.fetch_add(1, Ordering::SeqCst);
             return Box::pin(std::future::ready(Err(StorageError::Backend(
@@ -322,4 +328,40 @@ async fn a_failed_write_is_retried_and_corrupt_state_is_never_overwritten() {
         bad.room(&RoomKey::new("main", "game-5")).get("state/round"),
         Some(&json!("not a number"))
     );
+}
+
+/// A write refused as fenced means another owner has the room: it is not retried, the room
+/// stops at once (clients closed with 1012, so they reconnect and find the room where it is
+/// now), and nothing more is written; the next request starts a new instance.
+#[tokio::test(start_paused = true)]
+async fn a_fenced_write_stops_the_room_and_nothing_more_is_written() {
+    let storage = Arc::new(Recording::default());
+    let room = TestRoom::with_storage::<Game>("game-1", storage.clone());
+    let mut c = room.connect(Some("sess-1")).await;
+    let mut other = room.connect(Some("sess-2")).await;
+    tick(&room).await;
+    storage.fenced.store(true, Ordering::SeqCst);
+    c.send("round", json!(7)).await;
+    tick(&room).await;
+    for client in [&mut c, &mut other] {
+        let close = client.closed().expect("closed when the lease was lost");
+        assert_eq!(close.code, 1012, "{close:?}");
+    }
+    assert!(!room.is_loaded(), "stopped and out of the directory");
+    let refused = storage.failures.load(Ordering::SeqCst);
+    assert_eq!(refused, 1, "one refused write, not retried");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        storage.failures.load(Ordering::SeqCst),
+        refused,
+        "no retry later either"
+    );
+
+    // The next request starts a new instance from what is stored (here: the new owner
+    // has written nothing yet, so the round that was refused is not there).
+    storage.fenced.store(false, Ordering::SeqCst);
+    let mut again = room.connect(Some("sess-1")).await;
+    tick(&room).await;
+    again.drain();
+    assert_eq!(again.mirror().state()["round"], 0);
 }

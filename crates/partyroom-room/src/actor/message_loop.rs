@@ -26,6 +26,7 @@ impl<R: Room> RoomActor<R> {
         // Expire what is overdue right away.
         self.on_timer(false);
         let mut shutdown: Option<oneshot::Sender<()>> = None;
+        let mut lost = false;
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
@@ -35,7 +36,11 @@ impl<R: Room> RoomActor<R> {
                 }
                 done = self.persist.written() => {
                     let now = self.clock.now();
-                    self.persist.on_written(done, now, &self.id);
+                    if self.persist.on_written(done, now, &self.id).is_err() {
+                        // Never write (or serve) again: another owner has the room.
+                        lost = true;
+                        break;
+                    }
                 }
                 () = sleep_until(deadline) => self.on_timer(!mailbox.is_empty()),
             }
@@ -55,12 +60,19 @@ impl<R: Room> RoomActor<R> {
                 break;
             }
         }
+        let close = if lost {
+            // Out of the directory at once, whatever waits in the mailbox.
+            unload.remove(&self.id);
+            CloseFrame::room_moved()
+        } else {
+            CloseFrame::going_away()
+        };
         mailbox.close();
         // Messages that raced with the unload are dropped; their senders see `RoomGone` and
         // retry on a new instance.
         while mailbox.try_recv().is_ok() {}
         for (_, mut conn) in self.conns.drain(..) {
-            conn.close(CloseFrame::going_away());
+            conn.close(close.clone());
         }
     }
 

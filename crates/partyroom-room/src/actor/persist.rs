@@ -30,6 +30,10 @@ pub(crate) const STATE: &str = "state/";
 const SESSION: &str = "session/";
 const TRANSFER: &str = "transfer/";
 
+/// Storage refused a write because the room belongs to another owner now.
+#[derive(Debug)]
+pub(crate) struct LeaseLost;
+
 /// The result of one batch write.
 pub(crate) struct WriteDone {
     result: Result<(), StorageError>,
@@ -282,11 +286,22 @@ impl Persistence {
         });
     }
 
-    /// A batch write finished at `now`. A failed one is retried with backoff.
-    pub(crate) fn on_written(&mut self, done: WriteDone, now: Instant, room: &str) {
+    /// A batch write finished at `now`. A failed one is retried with backoff, except when
+    /// storage refused it because the room is no longer this process's
+    /// ([`StorageError::Fenced`]): then nothing more may be written, and the room must stop.
+    pub(crate) fn on_written(
+        &mut self,
+        done: WriteDone,
+        now: Instant,
+        room: &str,
+    ) -> Result<(), LeaseLost> {
         self.writing = false;
         match done.result {
             Ok(()) => self.failures = 0,
+            Err(err @ StorageError::Fenced { .. }) => {
+                tracing::error!(room, %err, "room lost to another owner: stopping it");
+                return Err(LeaseLost);
+            }
             Err(err) => {
                 self.failures += 1;
                 let backoff = Duration::from_millis(100 << self.failures.min(6));
@@ -297,5 +312,6 @@ impl Persistence {
                 self.due = Some(now + backoff);
             }
         }
+        Ok(())
     }
 }

@@ -53,6 +53,12 @@ impl Unload {
         Self { live, tx }
     }
 
+    /// Remove the room from the directory now (it stops whatever its mailbox holds).
+    pub(crate) fn remove(&self, id: &str) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        self.remove_from(&mut live, id);
+    }
+
     /// Remove the room from the directory if nothing is waiting in its mailbox. After this,
     /// new requests start a new instance (which restores what this one saved).
     pub(crate) fn try_remove(&self, id: &str, mailbox: &mpsc::Receiver<RoomMsg>) -> bool {
@@ -60,10 +66,15 @@ impl Unload {
         if !mailbox.is_empty() {
             return false;
         }
+        self.remove_from(&mut live, id);
+        true
+    }
+
+    /// Take this instance (not a newer one with the same id) out of `live`.
+    fn remove_from(&self, live: &mut HashMap<String, RoomHandle>, id: &str) {
         if live.get(id).is_some_and(|h| h.tx.same_channel(&self.tx)) {
             live.remove(id);
         }
-        true
     }
 }
 

@@ -18,6 +18,15 @@ impl CloseFrame {
         }
     }
 
+    /// 1012 "service restart": the room now belongs to another server (its lease was lost);
+    /// clients reconnect, and reach it there.
+    pub fn room_moved() -> Self {
+        Self {
+            code: 1012,
+            reason: "room moved: reconnect".into(),
+        }
+    }
+
     /// 1001 "going away": the room is shutting down.
     pub fn going_away() -> Self {
         Self {
