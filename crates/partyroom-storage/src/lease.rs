@@ -23,9 +23,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Pool, Transaction};
 use partyroom_room::storage::{RoomKey, StorageError};
-use tokio_postgres::types::ToSql;
 
-use crate::postgres::{backend, create_table, pool_client};
+use crate::postgres::{Statements, backend, create_table};
 use crate::{OpenError, validate_table_name};
 
 /// The lease table [`Leases::open`] uses unless told otherwise.
@@ -47,7 +46,7 @@ pub struct Lease {
 /// The lease table.
 #[derive(Clone)]
 pub struct Leases {
-    pool: Pool,
+    db: Statements,
     sql: Arc<LeaseSql>,
 }
 
@@ -66,7 +65,7 @@ impl Leases {
         let sql = LeaseSql::new(table);
         create_table(&pool, table, &sql.create).await?;
         Ok(Self {
-            pool,
+            db: Statements(pool),
             sql: Arc::new(sql),
         })
     }
@@ -80,6 +79,7 @@ impl Leases {
         ttl: Duration,
     ) -> Result<Option<Lease>, StorageError> {
         let row = self
+            .db
             .query_opt(
                 &self.sql.claim,
                 &[&room.party, &room.room, &node, &millis(ttl)],
@@ -98,6 +98,7 @@ impl Leases {
     pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>, StorageError> {
         let (room, owner) = (&lease.room, &lease.owner);
         let renewed = self
+            .db
             .execute(
                 &self.sql.renew,
                 &[&room.party, &room.room, owner, &lease.epoch, &millis(ttl)],
@@ -114,6 +115,7 @@ impl Leases {
     pub async fn release(&self, lease: &Lease) -> Result<bool, StorageError> {
         let (room, owner) = (&lease.room, &lease.owner);
         let released = self
+            .db
             .execute(
                 &self.sql.release,
                 &[&room.party, &room.room, owner, &lease.epoch],
@@ -125,6 +127,7 @@ impl Leases {
     /// The live lease's owner and epoch, if any (where to route the room's clients).
     pub async fn owner(&self, room: &RoomKey) -> Result<Option<(String, i64)>, StorageError> {
         let row = self
+            .db
             .query_opt(&self.sql.owner, &[&room.party, &room.room])
             .await?;
         Ok(row.map(|row| (row.get(0), row.get(1))))
@@ -152,32 +155,10 @@ impl Leases {
             .map_err(backend)?;
         Ok(row.is_some())
     }
-
-    /// Run `sql` (a statement of this table, prepared once per connection); rows changed.
-    async fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, StorageError> {
-        let client = pool_client(&self.pool).await?;
-        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
-        client.execute(&stmt, params).await.map_err(backend)
-    }
-
-    /// Run `sql` for at most one row.
-    async fn query_opt(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<tokio_postgres::Row>, StorageError> {
-        let client = pool_client(&self.pool).await?;
-        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
-        client.query_opt(&stmt, params).await.map_err(backend)
-    }
 }
 
 /// A duration in whole milliseconds, as SQL gets it (`$n * interval '1 millisecond'`).
-fn millis(d: Duration) -> i64 {
+pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 

@@ -32,7 +32,8 @@
 //! # }
 //! ```
 //!
-//! With PostgreSQL, [`Leases`] keeps one lease per room (owner node, epoch, expiry by the
+//! With PostgreSQL, [`Members`] keeps the nodes of a cluster (id, address, heartbeat; dead
+//! after a TTL), [`Leases`] keeps one lease per room (owner node, epoch, expiry by the
 //! database's clock) and [`PostgresStorage::apply_fenced`] writes a batch only while its lease
 //! holds: the building blocks of cluster mode, where a room has one owner at a time and a
 //! stale owner's writes are refused, never applied (see the `lease` module's docs for why).
@@ -45,6 +46,8 @@ pub mod conformance;
 #[cfg(feature = "postgres")]
 mod lease;
 #[cfg(feature = "postgres")]
+mod membership;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -53,6 +56,8 @@ pub use partyroom_room::storage::{Batch, MemoryStorage, RoomKey, Storage, Storag
 
 #[cfg(feature = "postgres")]
 pub use lease::{DEFAULT_LEASE_TABLE, Lease, Leases};
+#[cfg(feature = "postgres")]
+pub use membership::{DEFAULT_MEMBERS_TABLE, Member, Members};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStorage};
 #[cfg(feature = "sqlite")]

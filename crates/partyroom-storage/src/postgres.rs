@@ -9,6 +9,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use partyroom_room::storage::{Batch, BoxFuture, RoomKey, Storage, StorageError};
 use serde_json::Value;
 use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
 
 use crate::lease::{Lease, Leases};
 use crate::{DEFAULT_TABLE, OpenError, prefix_upper_bound, validate_table_name};
@@ -347,6 +348,46 @@ impl Sql {
                  ON CONFLICT (party, room, key) DO UPDATE SET value = EXCLUDED.value"
             ),
         }
+    }
+}
+
+/// Statements on one table through a pool, each prepared once per connection (the lease and
+/// membership tables use it).
+#[derive(Clone)]
+pub(crate) struct Statements(pub(crate) Pool);
+
+impl Statements {
+    /// Run `sql`; the number of rows changed.
+    pub(crate) async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StorageError> {
+        let client = pool_client(&self.0).await?;
+        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
+        client.execute(&stmt, params).await.map_err(backend)
+    }
+
+    /// Run `sql` for at most one row.
+    pub(crate) async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, StorageError> {
+        let client = pool_client(&self.0).await?;
+        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
+        client.query_opt(&stmt, params).await.map_err(backend)
+    }
+
+    /// Run `sql` for every row.
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StorageError> {
+        let client = pool_client(&self.0).await?;
+        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
+        client.query(&stmt, params).await.map_err(backend)
     }
 }
 
