@@ -253,3 +253,48 @@ async fn a_claim_waits_for_a_write_under_way() {
     drop_table(&url, &lease_table).await;
     drop_table(&url, &data).await;
 }
+
+/// Bad inputs: a lease table name that is not a plain identifier is refused before any SQL
+/// runs; a lease longer than PostgreSQL's intervals can hold is a clear error, not a panic,
+/// and claims nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_table_names_and_absurd_ttls_are_errors() {
+    let Some(url) = postgres_url() else { return };
+    let data = table_name("bad_data");
+    let store = PostgresStorage::connect(&url, &data).await.unwrap();
+    for bad in ["", "1x", "x; DROP TABLE y", "a\"b"] {
+        let err = Leases::open(store.pool().clone(), bad).await.unwrap_err();
+        assert!(
+            matches!(err, partyroom_storage::OpenError::InvalidTableName(_)),
+            "{bad}: {err}"
+        );
+        let err = partyroom_storage::Members::open(store.pool().clone(), bad)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, partyroom_storage::OpenError::InvalidTableName(_)),
+            "{bad}: {err}"
+        );
+    }
+    let lease_table = table_name("bad_leases");
+    let leases = Leases::open(store.pool().clone(), &lease_table)
+        .await
+        .unwrap();
+    let room = RoomKey::new("main", "r");
+    let err = leases
+        .claim(&room, "node-a", Duration::MAX)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Backend(_)), "{err}");
+    assert_eq!(leases.owner(&room).await.unwrap(), None);
+    let a = leases.claim(&room, "node-a", LONG).await.unwrap().unwrap();
+    assert!(leases.renew(&a, Duration::MAX).await.is_err());
+    assert_eq!(
+        leases.owner(&room).await.unwrap(),
+        Some(("node-a".into(), 1)),
+        "unchanged"
+    );
+    drop(store);
+    drop_table(&url, &lease_table).await;
+    drop_table(&url, &data).await;
+}
