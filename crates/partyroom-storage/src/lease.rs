@@ -24,8 +24,8 @@ use std::time::Duration;
 use deadpool_postgres::{Pool, Transaction};
 use partyroom_room::storage::{RoomKey, StorageError};
 
-use crate::postgres::{Statements, backend, create_table};
-use crate::{OpenError, validate_table_name};
+use crate::OpenError;
+use crate::postgres::{Statements, backend};
 
 /// The lease table [`Leases::open`] uses unless told otherwise.
 pub const DEFAULT_LEASE_TABLE: &str = "partyroom_leases";
@@ -61,11 +61,9 @@ impl std::fmt::Debug for Leases {
 impl Leases {
     /// Use `table` (created if missing) through `pool`.
     pub async fn open(pool: Pool, table: &str) -> Result<Self, OpenError> {
-        validate_table_name(table)?;
         let sql = LeaseSql::new(table);
-        create_table(&pool, table, &sql.create).await?;
         Ok(Self {
-            db: Statements(pool),
+            db: Statements::open(pool, table, &sql.create).await?,
             sql: Arc::new(sql),
         })
     }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use partyroom_room::storage::StorageError;
 
+use crate::OpenError;
 use crate::lease::millis;
-use crate::postgres::{Statements, create_table};
-use crate::{OpenError, validate_table_name};
+use crate::postgres::Statements;
 
 /// The membership table [`Members::open`] uses unless told otherwise.
 pub const DEFAULT_MEMBERS_TABLE: &str = "partyroom_members";
@@ -44,11 +44,9 @@ impl std::fmt::Debug for Members {
 impl Members {
     /// Use `table` (created if missing) through `pool`.
     pub async fn open(pool: Pool, table: &str) -> Result<Self, OpenError> {
-        validate_table_name(table)?;
         let sql = MembersSql::new(table);
-        create_table(&pool, table, &sql.create).await?;
         Ok(Self {
-            db: Statements(pool),
+            db: Statements::open(pool, table, &sql.create).await?,
             sql: Arc::new(sql),
         })
     }

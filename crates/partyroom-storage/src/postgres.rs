@@ -112,7 +112,6 @@ impl PostgresStorage {
     /// Use an existing pool (its manager decides TLS and recycling) and `table` (created if
     /// missing).
     pub async fn from_pool(pool: Pool, table: &str) -> Result<Self, OpenError> {
-        validate_table_name(table)?;
         let sql = Sql::new(table);
         create_table(&pool, table, &sql.create).await?;
         tracing::debug!(table, "postgres storage ready");
@@ -357,6 +356,12 @@ impl Sql {
 pub(crate) struct Statements(pub(crate) Pool);
 
 impl Statements {
+    /// Statements on `table` (a plain identifier, created with `ddl` if missing).
+    pub(crate) async fn open(pool: Pool, table: &str, ddl: &str) -> Result<Self, OpenError> {
+        create_table(&pool, table, ddl).await?;
+        Ok(Self(pool))
+    }
+
     /// Run `sql`; the number of rows changed.
     pub(crate) async fn execute(
         &self,
@@ -366,17 +371,6 @@ impl Statements {
         let client = pool_client(&self.0).await?;
         let stmt = client.prepare_cached(sql).await.map_err(backend)?;
         client.execute(&stmt, params).await.map_err(backend)
-    }
-
-    /// Run `sql` for at most one row.
-    pub(crate) async fn query_opt(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<tokio_postgres::Row>, StorageError> {
-        let client = pool_client(&self.0).await?;
-        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
-        client.query_opt(&stmt, params).await.map_err(backend)
     }
 
     /// Run `sql` for every row.
@@ -389,6 +383,15 @@ impl Statements {
         let stmt = client.prepare_cached(sql).await.map_err(backend)?;
         client.query(&stmt, params).await.map_err(backend)
     }
+
+    /// Run `sql` (a lookup by primary key) for its row, if any.
+    pub(crate) async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, StorageError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
 }
 
 /// A connection from `pool`.
@@ -398,10 +401,12 @@ pub(crate) async fn pool_client(pool: &Pool) -> Result<deadpool_postgres::Object
         .map_err(|e| StorageError::Backend(format!("postgres connection pool: {}", chain(&e))))
 }
 
-/// Run `ddl` (`CREATE TABLE IF NOT EXISTS ...` for `table`) once even when several processes
-/// start at the same moment: the statement races with itself (a unique violation in the
-/// catalog), so an advisory lock makes concurrent starts wait instead.
+/// Run `ddl` (`CREATE TABLE IF NOT EXISTS ...` for `table`, which must be a plain identifier)
+/// once even when several processes start at the same moment: the statement races with itself
+/// (a unique violation in the catalog), so an advisory lock makes concurrent starts wait
+/// instead.
 pub(crate) async fn create_table(pool: &Pool, table: &str, ddl: &str) -> Result<(), OpenError> {
+    validate_table_name(table)?;
     let mut client = pool.get().await.map_err(|e| OpenError::Pool(chain(&e)))?;
     let tx = client.transaction().await.map_err(OpenError::Postgres)?;
     tx.execute(

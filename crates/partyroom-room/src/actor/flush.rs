@@ -49,12 +49,11 @@ impl<R: Room> RoomActor<R> {
     pub(super) fn flush_state(&mut self) {
         self.unflushed = false;
         let flush = self.tracker.flush();
-        let rows = flush.persist.rows();
-        if !rows.is_empty() {
-            let now = self.clock.now();
-            self.persist
-                .rows_changed(rows, self.config.throttle_storage, now);
-        }
+        self.persist.rows_changed(
+            flush.persist.rows(),
+            self.config.throttle_storage,
+            &*self.clock,
+        );
         // Clients that joined in this batch get the snapshot instead of the patch.
         let joined = std::mem::take(&mut self.batch_initial);
         if let Some(patch) = flush.sync {

@@ -77,18 +77,19 @@ impl Persistence {
         }
     }
 
-    /// State rows changed at `now`: write them within `throttle`.
+    /// State rows changed: write them within `throttle`. The clock is read only when there
+    /// are rows (a flush that changed nothing stored is common).
     pub(crate) fn rows_changed(
         &mut self,
         rows: Vec<Vec<String>>,
         throttle: Duration,
-        now: Instant,
+        clock: &dyn Clock,
     ) {
         if rows.is_empty() {
             return;
         }
         self.dirty_rows.extend(rows);
-        self.schedule(now + throttle);
+        self.schedule(clock.now() + throttle);
     }
 
     /// A session changed at `now`.

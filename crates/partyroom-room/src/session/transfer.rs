@@ -66,8 +66,8 @@ impl Transfers {
         self.tokens.insert(token, transfer);
     }
 
-    /// Read a stored token at `now` (`now_ms` on the wall clock): `None` when it is
-    /// unreadable or has expired (the caller then deletes it).
+    /// Read a stored token at `now` (`now_ms` on the wall clock) and keep it; `Err(token)`
+    /// when it is unreadable or has expired (the caller then deletes it).
     pub(crate) fn restore(
         &mut self,
         token: String,
