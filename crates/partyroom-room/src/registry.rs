@@ -16,6 +16,7 @@ use crate::handlers::registration::Handlers;
 use crate::mailbox::admission::Admission;
 use crate::mailbox::directory::{RoomFactory, Rooms, Spawn, Unload};
 use crate::mailbox::message::MAILBOX;
+use crate::mailbox::placement::Placement;
 use crate::mailbox::room_handle::RoomHandle;
 use crate::pattern::{PatternError, RoomPattern};
 use crate::room::Room;
@@ -73,6 +74,7 @@ pub struct RoomsBuilder {
     seed: Option<u64>,
     storage: Option<Arc<dyn Storage>>,
     clock: Option<Arc<dyn Clock>>,
+    placement: Option<Arc<dyn Placement>>,
 }
 
 impl fmt::Debug for RoomsBuilder {
@@ -145,6 +147,14 @@ impl RoomsBuilder {
         self
     }
 
+    /// Serve rooms as one node of a cluster: `placement` decides which node serves each room
+    /// (see [`Rooms::locate`]). Default: none, every room is served here.
+    #[must_use]
+    pub fn placement(mut self, placement: Arc<dyn Placement>) -> Self {
+        self.placement = Some(placement);
+        self
+    }
+
     /// Finish.
     pub fn build(self) -> Rooms {
         Rooms::new(
@@ -153,6 +163,7 @@ impl RoomsBuilder {
             self.storage
                 .unwrap_or_else(|| Arc::new(MemoryStorage::new())),
             self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            self.placement,
         )
     }
 }

@@ -33,6 +33,11 @@ impl<R: Room> RoomActor<R> {
                 msg = mailbox.recv(), if shutdown.is_none() => {
                     let Some(msg) = msg else { break };
                     shutdown = self.handle_batch(msg, &mut mailbox).await;
+                    if self.evicted {
+                        // Another node owns the room now: stop before anything is saved.
+                        lost = true;
+                        break;
+                    }
                 }
                 done = self.persist.written() => {
                     let now = self.clock.now();
@@ -90,6 +95,10 @@ impl<R: Room> RoomActor<R> {
         let mut yields = 0;
         self.in_batch = true;
         while let Some(msg) = next.take() {
+            if let RoomMsg::Evict = msg {
+                self.evicted = true;
+                break;
+            }
             if let RoomMsg::Shutdown(reply) = msg {
                 self.flush_state();
                 self.persist.due_now(self.clock.now());
@@ -134,6 +143,9 @@ impl<R: Room> RoomActor<R> {
             }
         }
         self.in_batch = false;
+        if self.evicted {
+            return shutdown;
+        }
         // Inside a sync throttle window the changes stay in the tracker until the window ends
         // (one flush per window instead of one per message); otherwise they are flushed now.
         // Clients that joined in the batch get their first packet now either way.
@@ -170,6 +182,7 @@ impl<R: Room> RoomActor<R> {
             }
             RoomMsg::Run(run) => self.on_run(run),
             RoomMsg::TransferIn(t) => self.transfer_in(t),
+            RoomMsg::Evict => self.evicted = true,
         }
         self.drop_slow();
         self.idle_since = if self.conns.is_empty() {

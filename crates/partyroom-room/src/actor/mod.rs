@@ -103,6 +103,8 @@ pub(crate) struct RoomActor<R: Room> {
     unflushed: bool,
     /// A batch of mailbox messages is being handled (see `handle_batch`).
     in_batch: bool,
+    /// Told to stop without saving (this node lost the room).
+    evicted: bool,
     /// Clients that joined during the current batch and wait for their first packet.
     batch_initial: Vec<ConnId>,
     /// Connections whose reads are held until the end of each sync window.
@@ -161,6 +163,7 @@ impl<R: Room> RoomActor<R> {
             pending_initial: Vec::new(),
             unflushed: false,
             in_batch: false,
+            evicted: false,
             batch_initial: Vec::new(),
             held_reads: HeldReads::default(),
         }

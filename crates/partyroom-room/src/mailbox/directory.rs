@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::message::RoomMsg;
+use super::placement::{Owner, Placed, Placement, PlacementError};
 use super::room_handle::RoomHandle;
 use crate::clock::Clock;
 use crate::pattern::{Params, RoomPattern};
 use crate::protocol::http::{RoomRequest, RoomResponse};
-use crate::storage::Storage;
+use crate::storage::{RoomKey, Storage};
 
 /// Live instances of a party, by room id. A std mutex: held only to look up or insert, never
 /// across `.await`.
@@ -90,6 +91,27 @@ pub enum LookupError {
     NoMatch(String),
 }
 
+/// Where [`Rooms::locate`] found a room.
+#[derive(Debug, Clone)]
+pub enum Located {
+    /// Served here: its live instance.
+    Here(RoomHandle),
+    /// Served by another node of the cluster.
+    Elsewhere(Owner),
+}
+
+/// Why [`Rooms::locate`] found no room.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocateError {
+    /// No such party or room type.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// The cluster cannot place the room now.
+    #[error(transparent)]
+    Unavailable(#[from] PlacementError),
+}
+
 struct Party {
     kinds: Vec<Box<dyn RoomFactory>>,
     live: LiveRooms,
@@ -112,6 +134,7 @@ pub struct Rooms {
     seed: Option<u64>,
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
+    placement: Option<Arc<dyn Placement>>,
 }
 
 impl fmt::Debug for Rooms {
@@ -129,6 +152,7 @@ impl Rooms {
         seed: Option<u64>,
         storage: Arc<dyn Storage>,
         clock: Arc<dyn Clock>,
+        placement: Option<Arc<dyn Placement>>,
     ) -> Self {
         let parties = parties
             .into_iter()
@@ -142,6 +166,71 @@ impl Rooms {
             seed,
             storage,
             clock,
+            placement,
+        }
+    }
+
+    /// Whether `party` has a room type whose pattern matches `room_id`.
+    fn check(&self, party: &str, room_id: &str) -> Result<(), LookupError> {
+        let p = self
+            .parties
+            .get(party)
+            .ok_or_else(|| LookupError::UnknownParty(party.to_owned()))?;
+        if p.kinds
+            .iter()
+            .any(|k| k.pattern().matches(room_id).is_some())
+        {
+            Ok(())
+        } else {
+            Err(LookupError::NoMatch(room_id.to_owned()))
+        }
+    }
+
+    /// Where a room is served: here (its live instance, started if needed) or, in a
+    /// cluster, by another node. Without a [`Placement`] this is [`Rooms::get`]; with one,
+    /// the placement is asked first, and a room is started here only once this node owns it.
+    pub async fn locate(&self, party: &str, room_id: &str) -> Result<Located, LocateError> {
+        let Some(placement) = &self.placement else {
+            return Ok(Located::Here(self.get(party, room_id)?));
+        };
+        self.check(party, room_id)?;
+        match placement.place(&RoomKey::new(party, room_id)).await? {
+            Placed::Here => Ok(Located::Here(self.get(party, room_id)?)),
+            Placed::Elsewhere(owner) => Ok(Located::Elsewhere(owner)),
+        }
+    }
+
+    /// The cluster's placement, if this node is part of one.
+    pub fn placement(&self) -> Option<&Arc<dyn Placement>> {
+        self.placement.as_ref()
+    }
+
+    /// Whether a live instance of the room runs here.
+    pub fn is_live(&self, party: &str, room_id: &str) -> bool {
+        self.parties.get(party).is_some_and(|p| {
+            p.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(room_id)
+                .is_some_and(|h| !h.is_closed())
+        })
+    }
+
+    /// Stop serving a room at once, without saving: its clients are closed with 1012
+    /// ([`CloseFrame::room_moved`](crate::CloseFrame::room_moved)), so that they reconnect
+    /// (to its new owner), and it never writes again. For a node that lost the room's lease.
+    /// Returns whether a live instance was told to stop.
+    pub async fn evict(&self, party: &str, room_id: &str) -> bool {
+        let handle = self.parties.get(party).and_then(|p| {
+            p.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(room_id)
+                .cloned()
+        });
+        match handle {
+            Some(h) => h.tx.send(RoomMsg::Evict).await.is_ok(),
+            None => false,
         }
     }
 
@@ -216,7 +305,8 @@ impl Rooms {
         }
     }
 
-    /// Send an HTTP request to a room (a room-to-room call from a spawned task, a tool...).
+    /// Send an HTTP request to a room (a room-to-room call from a spawned task, a tool...),
+    /// wherever in the cluster it is served.
     pub async fn request(
         &self,
         party: &str,
@@ -224,7 +314,18 @@ impl Rooms {
         request: RoomRequest,
     ) -> Result<RoomResponse, LookupError> {
         for _ in 0..3 {
-            let handle = self.get(party, room_id)?;
+            let handle = match self.locate(party, room_id).await {
+                Ok(Located::Here(handle)) => handle,
+                Ok(Located::Elsewhere(owner)) => {
+                    let key = RoomKey::new(party, room_id);
+                    if let Some(placement) = &self.placement {
+                        return Ok(placement.forward(&owner, &key, request).await);
+                    }
+                    break;
+                }
+                Err(LocateError::Lookup(e)) => return Err(e),
+                Err(LocateError::Unavailable(_)) => break,
+            };
             if let Ok(response) = handle.request(request.clone()).await {
                 return Ok(response);
             }

@@ -35,6 +35,9 @@ pub(crate) enum RoomMsg {
     Run(ErasedRun),
     /// A session moved here from another room.
     TransferIn(TransferIn),
+    /// Stop at once without saving and close every connection with 1012: this node lost the
+    /// room (see [`Rooms::evict`](crate::Rooms::evict)).
+    Evict,
 }
 
 /// A closure for [`RoomMsg::Run`], opaque at this layer: it is built by
@@ -55,6 +58,7 @@ impl std::fmt::Debug for RoomMsg {
             RoomMsg::Admit(..) => "Admit",
             RoomMsg::Run(..) => "Run",
             RoomMsg::TransferIn(..) => "TransferIn",
+            RoomMsg::Evict => "Evict",
         })
     }
 }
