@@ -22,12 +22,16 @@ pub mod echo;
 mod fd_limit;
 mod frame_reader;
 mod handshake;
+pub mod http_client;
 mod listener;
 mod low_water;
 mod outbox;
+mod owner_relay;
 pub mod path;
+pub mod relay;
 mod server;
 
 pub use fd_limit::{FdLimit, raise_fd_limit};
 pub use listener::{LISTEN_BACKLOG, bind};
+pub use owner_relay::MOVED_HEADER;
 pub use server::{Server, ServerConfig, constant_time_eq, shutdown_signal};

@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use partyroom_room::{
-    ConnectError, ConnectRequest, ConnectionSink, LookupError, RoomRequest, RoomResponse, Rooms,
+    ConnectError, ConnectRequest, ConnectionSink, Located, RoomHandle, RoomRequest, RoomResponse,
+    Rooms,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,7 +25,9 @@ use crate::connection::{self, Connection, Limits, RoomPeer, Writer};
 use crate::frame_reader::{FrameReader, Source};
 use crate::handshake::Handshake;
 use crate::outbox::Outbox;
+use crate::owner_relay;
 use crate::path::{PathError, RoomPath};
+use crate::relay::RELAY_HEADER;
 
 /// Upgrade-request headers that only serve the handshake.
 const HANDSHAKE_HEADERS: [&str; 6] = [
@@ -99,6 +102,15 @@ pub struct ServerConfig {
     /// How long [`Server::serve`] waits for connections to close after its shutdown signal
     /// before saving the rooms and returning anyway. Default 10 s.
     pub shutdown_timeout: Duration,
+    /// The secret cluster nodes present in `x-partyroom-relay` when they relay a request to
+    /// the room's owner ([`relay::RELAY_HEADER`](crate::relay::RELAY_HEADER)). A request that
+    /// carries the header with another value (or when no secret is set) is refused with
+    /// `401`. Only used in cluster mode (rooms built with a placement).
+    pub cluster_secret: Option<String>,
+    /// In cluster mode, how long a request for a room whose owner cannot be reached keeps
+    /// trying (the owner died: its lease must expire before another node may claim the
+    /// room). Default 10 s.
+    pub failover_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -118,16 +130,18 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(10),
             send_buffer_bytes: Some(32 * 1024),
             shutdown_timeout: Duration::from_secs(10),
+            cluster_secret: None,
+            failover_wait: Duration::from_secs(10),
         }
     }
 }
 
-struct Shared {
-    rooms: Rooms,
-    config: ServerConfig,
+pub(crate) struct Shared {
+    pub(crate) rooms: Rooms,
+    pub(crate) config: ServerConfig,
     connections: Arc<Semaphore>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
 }
 
 /// A partyroom server over a set of [`Rooms`].
@@ -149,10 +163,10 @@ pub struct Server {
 /// extensions: an upgrade takes it along into the WebSocket's task, so that a connection is
 /// counted once from `accept` to its end.
 #[derive(Clone)]
-struct ConnPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub(crate) struct ConnPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
 impl ConnPermit {
-    fn take(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn take(&self) -> Option<OwnedSemaphorePermit> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -319,13 +333,32 @@ async fn handle_party(State(shared): State<Arc<Shared>>, request: Request) -> Re
     {
         return json_error(StatusCode::UNAUTHORIZED, "Invalid shard credentials");
     }
-    let room = match shared.rooms.get(&path.party, &path.room) {
-        Ok(room) => room,
-        Err(LookupError::UnknownParty(_) | LookupError::NoMatch(_)) => {
-            return json_error(StatusCode::NOT_FOUND, "Not found");
+    let relayed_in = headers.contains_key(RELAY_HEADER);
+    if relayed_in
+        && !secret_ok(
+            shared.config.cluster_secret.as_deref(),
+            headers,
+            RELAY_HEADER,
+        )
+    {
+        return json_error(StatusCode::UNAUTHORIZED, "Invalid relay credentials");
+    }
+    match owner_relay::locate(&shared, &path, relayed_in).await {
+        Ok(Located::Here(room)) => serve_here(shared, room, path, request).await,
+        Ok(Located::Elsewhere(owner)) => {
+            owner_relay::relay_to_owner(shared, path, owner, request).await
         }
-        Err(_) => return json_error(StatusCode::NOT_FOUND, "Not found"),
-    };
+        Err(refusal) => refusal,
+    }
+}
+
+/// Serve a request for a room that runs here.
+pub(crate) async fn serve_here(
+    shared: Arc<Shared>,
+    room: RoomHandle,
+    path: RoomPath,
+    request: Request,
+) -> Response {
     let is_upgrade = request
         .headers()
         .get(header::UPGRADE)
@@ -351,9 +384,9 @@ async fn handle_party(State(shared): State<Arc<Shared>>, request: Request) -> Re
     for _ in 0..3 {
         match room.request(req.clone()).await {
             Ok(response) => return to_axum(response),
-            Err(_) => match shared.rooms.get(&path.party, &path.room) {
-                Ok(fresh) => room = fresh,
-                Err(_) => break,
+            Err(_) => match shared.rooms.locate(&path.party, &path.room).await {
+                Ok(Located::Here(fresh)) => room = fresh,
+                _ => break,
             },
         }
     }
@@ -428,9 +461,9 @@ async fn upgrade(
             Err(ConnectError::Refused(refusal)) => {
                 return json_error(refusal.status, &refusal.reason);
             }
-            Err(_) => match shared.rooms.get(&path.party, &path.room) {
-                Ok(fresh) => room = fresh,
-                Err(_) => break,
+            Err(_) => match shared.rooms.locate(&path.party, &path.room).await {
+                Ok(Located::Here(fresh)) => room = fresh,
+                _ => break,
             },
         }
     }
@@ -512,9 +545,13 @@ async fn join(
         match room.connect(req).await {
             Ok(conn) => return Ok((room, conn)),
             Err(ConnectError::RoomGone) if attempt < 3 => {
-                match shared.rooms.get(&retry.path.party, &retry.path.room) {
-                    Ok(fresh) => room = fresh,
-                    Err(_) => break,
+                match shared
+                    .rooms
+                    .locate(&retry.path.party, &retry.path.room)
+                    .await
+                {
+                    Ok(Located::Here(fresh)) => room = fresh,
+                    _ => break,
                 }
             }
             Err(refused) => return Err(refused),
@@ -568,7 +605,7 @@ impl Limits {
 /// Read a request's body within the size limit and the body timeout: `413` when it is too
 /// large, `408` when it does not arrive in time, `400` when it is malformed (a broken
 /// chunked encoding) or the connection fails; each closes the connection.
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &http::HeaderMap,
     body: Body,
     config: &ServerConfig,
@@ -607,7 +644,12 @@ async fn read_body(
 
 /// Whether `x-access-shard` carries the configured shard secret (constant-time comparison).
 fn shard_secret_ok(secret: Option<&str>, headers: &http::HeaderMap) -> bool {
-    let (Some(secret), Some(given)) = (secret, headers.get("x-access-shard")) else {
+    secret_ok(secret, headers, "x-access-shard")
+}
+
+/// Whether header `name` carries `secret` (constant-time comparison); never without one.
+fn secret_ok(secret: Option<&str>, headers: &http::HeaderMap, name: &str) -> bool {
+    let (Some(secret), Some(given)) = (secret, headers.get(name)) else {
         return false;
     };
     !secret.is_empty() && constant_time_eq(secret.as_bytes(), given.as_bytes())
@@ -634,7 +676,7 @@ pub(crate) fn handshake_refusal(e: crate::handshake::HandshakeError) -> Response
     response
 }
 
-fn json_error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
     let mut r = RoomResponse::error(status, message);
     r.apply_cors();
     to_axum(r)

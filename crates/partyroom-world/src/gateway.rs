@@ -27,24 +27,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::ws::{CloseFrame as AxClose, Message as AxMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, Request, State};
-use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use partyroom_server::http_client::{self, BaseUrl};
+use partyroom_server::relay::{self, HeaderPolicy, RelayLimits, Upstream, json_error};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame as TClose, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as TMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::SHARD_HEADER;
-use crate::http_client::{self, BaseUrl};
 use crate::model::ShardId;
 
 /// Settings of a shard gateway.
@@ -238,57 +231,11 @@ impl ShardGateway {
     }
 }
 
-fn json_error(status: StatusCode, message: &str) -> Response {
-    let mut r = partyroom_room::RoomResponse::error(status, message);
-    r.apply_cors();
-    let mut out = Response::new(Body::from(r.body));
-    *out.status_mut() = r.status;
-    *out.headers_mut() = r.headers;
-    out
-}
-
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
-/// Headers never relayed: hop-by-hop ones, the WebSocket handshake, and the ones that claim
-/// shard identity (only the gateway sets those).
-fn relayed(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "host"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "sec-websocket-key"
-            | "sec-websocket-version"
-            | "sec-websocket-extensions"
-            | "sec-websocket-accept"
-            | "sec-websocket-protocol"
-            | "x-shard-id"
-            | "x-shard-world-id"
-            | "x-access-shard"
-            | "x-forwarded-by-shard"
-            | "x-original-client-ip"
-    )
-}
-
-fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if relayed(name) {
-            to.append(name.clone(), value.clone());
-        }
-    }
 }
 
 fn enc(segment: &str) -> String {
@@ -392,45 +339,24 @@ async fn proxy_http(
     path_and_query: &str,
     extra: HeaderMap,
 ) -> Response {
-    let config = &gw.inner.config;
+    let limits = gw.inner.limits();
     let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, config.max_body_bytes).await else {
-        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
+    let body = match relay::read_body(body, limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
-    let mut headers = HeaderMap::new();
-    copy_headers(&parts.headers, &mut headers);
-    for (name, value) in &extra {
-        headers.insert(name.clone(), value.clone());
-    }
-    match http_client::send(
-        base,
-        parts.method,
-        path_and_query,
-        headers,
+    relay::relay_http(
+        &limits,
+        &parts,
         body,
-        config.request_timeout,
-        config.max_body_bytes,
+        base,
+        path_and_query,
+        &extra,
+        HeaderPolicy::FromClient,
     )
     .await
-    {
-        Ok(r) => {
-            let mut out = Response::new(Body::from(r.body));
-            *out.status_mut() = r.status;
-            for (name, value) in &r.headers {
-                if relayed(name) {
-                    out.headers_mut().append(name.clone(), value.clone());
-                }
-            }
-            out
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "error forwarding request");
-            json_error(StatusCode::BAD_GATEWAY, "Error forwarding request")
-        }
-    }
+    .unwrap_or_else(relay::RelayError::into_response)
 }
-
-type Upstream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn proxy_ws(
     gw: &ShardGateway,
@@ -439,54 +365,26 @@ async fn proxy_ws(
     extra: HeaderMap,
     counted: Option<(Target, OwnedSemaphorePermit)>,
 ) -> Response {
-    let config = &gw.inner.config;
+    let limits = gw.inner.limits();
     let (mut parts, _) = request.into_parts();
-    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let Ok(mut upstream_request) = url.into_client_request() else {
-        return json_error(StatusCode::BAD_REQUEST, "Bad shard URL");
-    };
-    copy_headers(&parts.headers, upstream_request.headers_mut());
-    for (name, value) in &extra {
-        upstream_request
-            .headers_mut()
-            .insert(name.clone(), value.clone());
-    }
-    // Frames from the room can be large (a full snapshot); frames from the client are
-    // bounded by the gateway's own limit below.
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(64 << 20))
-        .max_frame_size(Some(16 << 20));
-    let upstream = match tokio::time::timeout(
-        config.request_timeout,
-        tokio_tungstenite::connect_async_with_config(upstream_request, Some(ws_config), true),
+    let upstream = match relay::connect_upstream(
+        &limits,
+        &parts.headers,
+        url,
+        &extra,
+        HeaderPolicy::FromClient,
     )
     .await
     {
-        Ok(Ok((upstream, _))) => upstream,
+        Upstream::Open(upstream) => upstream,
         // The room refused the client: answer with its own status and body.
-        Ok(Err(WsError::Http(refusal))) => {
-            let (rparts, body) = refusal.into_parts();
-            let mut out = Response::new(Body::from(body.unwrap_or_default()));
-            *out.status_mut() = rparts.status;
-            for (name, value) in &rparts.headers {
-                if relayed(name) {
-                    out.headers_mut().append(name.clone(), value.clone());
-                }
-            }
-            return out;
-        }
-        Ok(Err(e)) => {
+        Upstream::Refused(refusal) => return refusal,
+        Upstream::Failed(e) => {
             tracing::warn!(error = %e, url, "upstream WebSocket failed");
             return json_error(
                 StatusCode::BAD_GATEWAY,
                 "Shard not connected to main server",
             );
-        }
-        Err(_) => {
-            return json_error(StatusCode::GATEWAY_TIMEOUT, "Main server did not answer");
         }
     };
     let count = counted.map(|(target, permit)| {
@@ -497,170 +395,34 @@ async fn proxy_ws(
             _permit: permit,
         }
     });
-    let shutdown = gw.inner.shutdown.clone();
     let tasks = gw.inner.tasks.clone();
-    let limits = RelayLimits::of(config);
-    ws.max_message_size(config.max_message_bytes)
-        .max_frame_size(config.max_message_bytes)
-        .on_upgrade(move |socket| async move {
-            tasks
-                .track_future(async move {
-                    relay(socket, upstream, shutdown, limits).await;
-                    drop(count);
-                })
-                .await;
-        })
-}
-
-fn to_tungstenite_close(frame: Option<AxClose>) -> Option<TClose> {
-    frame.map(|f| TClose {
-        code: f.code.into(),
-        reason: f.reason.as_str().into(),
-    })
-}
-
-fn to_axum_close(frame: Option<TClose>) -> Option<AxClose> {
-    frame.map(|f| AxClose {
-        code: f.code.into(),
-        reason: f.reason.as_str().into(),
-    })
-}
-
-/// The deadlines of one relayed client (from [`GatewayConfig`]).
-#[derive(Debug, Clone, Copy)]
-struct RelayLimits {
-    ping_interval: Option<Duration>,
-    liveness_timeout: Duration,
-    write_timeout: Duration,
-}
-
-impl RelayLimits {
-    fn of(config: &GatewayConfig) -> Self {
-        Self {
-            ping_interval: config.ping_interval,
-            liveness_timeout: config.liveness_timeout,
-            write_timeout: config.write_timeout,
-        }
-    }
-}
-
-/// How long a closing relay may take to send its close frames.
-const RELAY_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Relay frames both ways until either side closes, the client stops reading or answering,
-/// or the gateway shuts down. No send waits longer than the write timeout, so a client that
-/// stops reading cannot hold the relay (nor, through it, the room server's connection).
-async fn relay(
-    client: WebSocket,
-    upstream: Upstream,
-    shutdown: CancellationToken,
-    limits: RelayLimits,
-) {
-    let (mut client_tx, mut client_rx) = client.split();
-    let (mut up_tx, mut up_rx) = upstream.split();
-    let started = tokio::time::Instant::now();
-    // When the client was last heard, in milliseconds since `started`.
-    let heard = std::sync::atomic::AtomicU64::new(0);
-    let heard_now = || {
-        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        heard.store(ms, std::sync::atomic::Ordering::Relaxed);
-    };
-    let shutting_down = {
-        let client_to_room = async {
-            while let Some(msg) = client_rx.next().await {
-                heard_now();
-                let out = match msg {
-                    Ok(AxMessage::Text(t)) => TMessage::Text(t.as_str().into()),
-                    Ok(AxMessage::Binary(b)) => TMessage::Binary(b),
-                    Ok(AxMessage::Close(frame)) => {
-                        let close = up_tx.send(TMessage::Close(to_tungstenite_close(frame)));
-                        let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
-                        return;
-                    }
-                    Ok(_) => continue,
-                    Err(_) => break,
-                };
-                if up_tx.send(out).await.is_err() {
-                    return;
-                }
-            }
-            // The client went away without a close frame.
-            let close = up_tx.send(TMessage::Close(None));
-            let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
-        };
-        let room_to_client = async {
-            // No ticks when the interval is beyond what the clock can say: never.
-            let mut ticks = limits.ping_interval.and_then(|every| {
-                let mut t = tokio::time::interval_at(started.checked_add(every)?, every);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                Some(t)
-            });
-            loop {
-                let tick = async {
-                    match ticks.as_mut() {
-                        Some(t) => t.tick().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let out = tokio::select! {
-                    msg = up_rx.next() => match msg {
-                        Some(Ok(TMessage::Text(t))) => AxMessage::Text(t.as_str().into()),
-                        Some(Ok(TMessage::Binary(b))) => AxMessage::Binary(b),
-                        Some(Ok(TMessage::Close(frame))) => {
-                            let close = client_tx.send(AxMessage::Close(to_axum_close(frame)));
-                            let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
-                            return;
-                        }
-                        Some(Ok(_)) => continue,
-                        Some(Err(_)) | None => break,
-                    },
-                    now = tick => {
-                        let last = started
-                            + Duration::from_millis(heard.load(std::sync::atomic::Ordering::Relaxed));
-                        let silent = now.saturating_duration_since(last);
-                        if silent >= limits.liveness_timeout {
-                            tracing::debug!("dropping relayed client: no answer to pings");
-                            return;
-                        }
-                        if silent < limits.ping_interval.unwrap_or(Duration::MAX) {
-                            continue;
-                        }
-                        AxMessage::Ping(Default::default())
-                    }
-                };
-                match tokio::time::timeout(limits.write_timeout, client_tx.send(out)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        tracing::debug!("dropping relayed client: it stopped reading");
-                        return;
-                    }
-                }
-            }
-            // The room server went away without a close frame.
-            let close = client_tx.send(AxMessage::Close(Some(AxClose {
-                code: 1011,
-                reason: "main server connection lost".into(),
-            })));
-            let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
-        };
-        tokio::select! {
-            () = client_to_room => false,
-            () = room_to_client => false,
-            () = shutdown.cancelled() => true,
-        }
-    };
-    if shutting_down {
-        let close = client_tx.send(AxMessage::Close(Some(AxClose {
-            code: 1001,
-            reason: "server shutting down".into(),
-        })));
-        let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, close).await;
-        let _ = tokio::time::timeout(RELAY_CLOSE_TIMEOUT, up_tx.send(TMessage::Close(None))).await;
-    }
+    relay::accept_and_relay(
+        &mut parts,
+        *upstream,
+        limits,
+        gw.inner.shutdown.clone(),
+        move |relaying| {
+            tasks.spawn(relaying);
+        },
+        move || drop(count),
+    )
+    .await
 }
 
 impl Inner {
+    /// The relay's limits, from the settings.
+    fn limits(&self) -> RelayLimits {
+        let c = &self.config;
+        RelayLimits {
+            max_message_bytes: c.max_message_bytes,
+            max_body_bytes: c.max_body_bytes,
+            request_timeout: c.request_timeout,
+            ping_interval: c.ping_interval,
+            liveness_timeout: c.liveness_timeout,
+            write_timeout: c.write_timeout,
+        }
+    }
+
     fn track(&self, target: &Target) {
         let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
         let t = shards.entry(target.shard.id.clone()).or_insert(Tracked {
@@ -799,98 +561,6 @@ async fn reporter(inner: Arc<Inner>) {
 mod tests {
     use super::*;
 
-    /// A raw client through the relay at `addr`: it sends `first` as its one message and then
-    /// neither reads nor answers pings (its receive buffer is small, so that the gateway's
-    /// sends to it stall soon).
-    async fn raw_client(addr: std::net::SocketAddr, first: &str) -> TcpStream {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut s = socket.connect(addr).await.unwrap();
-        s.write_all(
-            b"GET /r HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut head = Vec::new();
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            assert_eq!(s.read(&mut b).await.unwrap(), 1);
-            head.push(b[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"));
-        let mask = [1u8, 2, 3, 4];
-        let mut frame = vec![0x81, 0x80 | first.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(first.bytes().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-        s.write_all(&frame).await.unwrap();
-        s
-    }
-
-    /// The relay's deadlines over real sockets: a relayed client that stops reading while the
-    /// room floods it is dropped after the write timeout, and one that stays silent (no pongs)
-    /// after the liveness timeout; either way the relay ends instead of waiting forever.
-    #[tokio::test]
-    async fn relayed_clients_that_stop_reading_or_answering_are_dropped() {
-        // The room side: floods after "flood", stays quiet after anything else.
-        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up_addr = up.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = up.accept().await {
-                tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                        return;
-                    };
-                    if let Some(Ok(TMessage::Text(t))) = ws.next().await
-                        && t.as_str() == "flood"
-                    {
-                        let big = "x".repeat(60_000);
-                        while ws.send(TMessage::text(big.clone())).await.is_ok() {}
-                    } else {
-                        while let Some(Ok(_)) = ws.next().await {}
-                    }
-                });
-            }
-        });
-        let limits = RelayLimits {
-            ping_interval: Some(Duration::from_millis(150)),
-            liveness_timeout: Duration::from_millis(500),
-            write_timeout: Duration::from_millis(300),
-        };
-        let (done_tx, mut done) = tokio::sync::mpsc::channel::<()>(4);
-        let app = axum::Router::new().route(
-            "/r",
-            axum::routing::get(move |ws: WebSocketUpgrade| async move {
-                let (upstream, _) = tokio_tungstenite::connect_async(format!("ws://{up_addr}/"))
-                    .await
-                    .unwrap();
-                ws.on_upgrade(move |socket| async move {
-                    relay(socket, upstream, CancellationToken::new(), limits).await;
-                    let _ = done_tx.send(()).await;
-                })
-            }),
-        );
-        let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let gw_addr = gw.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(gw, app).await });
-        for (first, within) in [
-            ("flood", Duration::from_secs(5)),
-            ("quiet", Duration::from_secs(3)),
-        ] {
-            let started = tokio::time::Instant::now();
-            let _client = raw_client(gw_addr, first).await;
-            let ended = tokio::time::timeout(within, done.recv()).await;
-            assert!(ended.is_ok(), "{first}: the relay let go of the client");
-            if first == "quiet" {
-                assert!(
-                    started.elapsed() >= Duration::from_millis(450),
-                    "{first}: not before the liveness timeout"
-                );
-            }
-        }
-    }
-
     #[test]
     fn targets() {
         let t = parse_target(
@@ -910,19 +580,5 @@ mod tests {
         assert_eq!((t.world.as_str(), t.rest.as_str()), ("world-x", ""));
         assert!(parse_target("/parties/shard/a.b:world-x:1", "/parties/shard/", "w").is_err());
         assert!(parse_target("/parties/shard/%E0%A4%A", "/parties/shard/", "w").is_err());
-    }
-
-    #[test]
-    fn spoofing_headers_are_dropped() {
-        for h in [
-            "x-access-shard",
-            "x-shard-id",
-            "x-forwarded-by-shard",
-            "host",
-            "upgrade",
-        ] {
-            assert!(!relayed(&HeaderName::from_static(h)));
-        }
-        assert!(relayed(&header::AUTHORIZATION));
     }
 }

@@ -28,7 +28,7 @@ pub mod auth;
 pub mod cli;
 mod config;
 pub mod gateway;
-pub mod http_client;
+pub use partyroom_server::http_client;
 pub mod model;
 mod world;
 
