@@ -34,6 +34,8 @@
 //! The crates behind it: [`state`] (networking-free sync engine), [`room`] (room runtime),
 //! [`server`] (axum server), [`storage`] (SQLite and PostgreSQL backends).
 
+#[cfg(feature = "cluster")]
+pub use partyroom_cluster as cluster;
 pub use partyroom_room as room;
 pub use partyroom_server as server;
 pub use partyroom_state as state;

@@ -1,0 +1,107 @@
+//! The node's background work: heartbeats, renewing the leases of loaded rooms, releasing
+//! those of unloaded ones, and dropping rooms whose lease is over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use partyroom_room::storage::RoomKey;
+use tokio::time::Instant;
+
+use crate::ownership::Inner;
+
+/// How often leases are checked against the local clock (see `ownership`): a room whose
+/// lease is over is dropped within this.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// Renewals under way at once.
+const RENEW_CONCURRENCY: usize = 16;
+
+/// A room unloaded for this many renewal ticks in a row gets its lease released.
+const RELEASE_AFTER_IDLE_TICKS: u32 = 2;
+
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let mut next_renewal = Instant::now();
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = inner.stop.cancelled() => break,
+            _ = check.tick() => {}
+        }
+        drop_untrusted(&inner).await;
+        if Instant::now() >= next_renewal {
+            next_renewal = Instant::now() + inner.config.renew_every();
+            heartbeat(&inner).await;
+            renew(&inner).await;
+        }
+    }
+}
+
+/// Drop the rooms whose lease this node no longer trusts.
+async fn drop_untrusted(inner: &Inner) {
+    let now = Instant::now();
+    let over: Vec<RoomKey> = inner
+        .lock_held()
+        .iter()
+        .filter(|(_, h)| h.trusted_until <= now)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for room in over {
+        inner.lost(&room, "not renewed in time").await;
+    }
+}
+
+async fn heartbeat(inner: &Inner) {
+    let c = &inner.config;
+    if let Err(e) = inner.members.heartbeat(&c.node_id, &c.advertise_url).await {
+        tracing::warn!(error = %e, "cluster heartbeat failed");
+    }
+}
+
+/// Renew the lease of every loaded room; release those unloaded for a while.
+async fn renew(inner: &Inner) {
+    let rooms = inner.rooms();
+    let mut idle = Vec::new();
+    let mut loaded = Vec::new();
+    {
+        let mut held = inner.lock_held();
+        for (key, h) in held.iter_mut() {
+            let live = rooms
+                .as_ref()
+                .is_some_and(|r| r.is_live(&key.party, &key.room));
+            h.idle_ticks = if live { 0 } else { h.idle_ticks + 1 };
+            if h.idle_ticks >= RELEASE_AFTER_IDLE_TICKS {
+                idle.push(key.clone());
+            } else {
+                loaded.push(h.lease.clone());
+            }
+        }
+    }
+    for room in idle {
+        inner.release_if_unloaded(&room).await;
+    }
+    let ttl = inner.config.lease_ttl;
+    let trusted_for = inner.config.trusted_for();
+    let mut renewals = futures_util::stream::iter(loaded)
+        .map(|lease| async move {
+            let started = Instant::now();
+            let result = inner.leases.renew(&lease, ttl).await;
+            (lease, started, result)
+        })
+        .buffer_unordered(RENEW_CONCURRENCY);
+    while let Some((lease, started, result)) = renewals.next().await {
+        match result {
+            Ok(Some(_)) => {
+                if let Some(h) = inner.lock_held().get_mut(&lease.room)
+                    && h.lease.epoch == lease.epoch
+                {
+                    h.trusted_until = started + trusted_for;
+                }
+            }
+            Ok(None) => inner.lost(&lease.room, "lease taken over").await,
+            // The database is unreachable: keep serving until the lease is no longer trusted.
+            Err(e) => tracing::warn!(room = %lease.room.room, error = %e, "lease renewal failed"),
+        }
+    }
+}
