@@ -226,6 +226,10 @@ pub struct Options {
     pub ping_interval: Option<Duration>,
     /// Drop a WebSocket client silent for this long (the server's default, 60 s, when `None`).
     pub liveness_timeout: Option<Duration>,
+    /// Cluster mode: this node of a cluster. Rooms are then saved through the cluster's
+    /// fenced PostgreSQL storage (`storage` is not used), placed by its leases, and relayed
+    /// to their owner when another node owns them; `GET /cluster` lists what this node owns.
+    pub cluster: Option<partyroom::cluster::Cluster>,
 }
 
 impl Default for Options {
@@ -240,6 +244,7 @@ impl Default for Options {
             max_connections: None,
             ping_interval: None,
             liveness_timeout: None,
+            cluster: None,
         }
     }
 }
@@ -257,14 +262,21 @@ pub fn rooms(options: &Options) -> Rooms {
         config = config.throttle_sync(t);
     }
     config = config.hold_reads(options.hold_reads);
-    Rooms::builder()
+    let builder = Rooms::builder()
         .room_with::<Arena>("main", config)
-        .expect("the arena pattern is valid")
-        .storage(options.storage.clone())
-        .build()
+        .expect("the arena pattern is valid");
+    match &options.cluster {
+        Some(cluster) => builder
+            .storage(cluster.storage())
+            .placement(cluster.placement()),
+        None => builder.storage(options.storage.clone()),
+    }
+    .build()
 }
 
-/// The demo server: the arena rooms plus the game page.
+/// The demo server: the arena rooms plus the game page. In cluster mode it also starts the
+/// cluster's upkeep (heartbeats, lease renewal) for these rooms; call
+/// [`Cluster::drain`](partyroom::cluster::Cluster::drain) after the server stops.
 pub fn server(options: &Options) -> Server {
     let page = || async { axum::response::Html(PAGE) };
     let mut config = partyroom::server::ServerConfig::default();
@@ -280,11 +292,17 @@ pub fn server(options: &Options) -> Server {
     if let Some(timeout) = options.liveness_timeout {
         config.liveness_timeout = timeout;
     }
-    Server::with_config(rooms(options), config).merge(
-        axum::Router::new()
-            .route("/", axum::routing::get(page))
-            .route("/rooms/{id}", axum::routing::get(page)),
-    )
+    let pages = axum::Router::new()
+        .route("/", axum::routing::get(page))
+        .route("/rooms/{id}", axum::routing::get(page));
+    match &options.cluster {
+        Some(cluster) => {
+            let server = Server::with_config(rooms(options), cluster.server_config(config));
+            cluster.start(server.rooms().clone());
+            server.merge(pages.merge(cluster.router()))
+        }
+        None => Server::with_config(rooms(options), config).merge(pages),
+    }
 }
 
 #[cfg(test)]

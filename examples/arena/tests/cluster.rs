@@ -1,0 +1,636 @@
+//! Cluster mode over real processes: several `partyroom-arena --cluster <url>` nodes on one
+//! PostgreSQL database (`PARTYROOM_TEST_POSTGRES_URL`; skipped when unset, except in CI),
+//! killed, frozen and restarted under WebSocket clients that keep playing.
+//!
+//! What they show: a crashed owner's rooms come back on another node within the lease TTL
+//! with nothing saved lost and the same public ids; a frozen owner is fenced (its clients are
+//! closed, its writes refused); concurrent first requests to every node never make two
+//! owners; a rolling restart with SIGTERM loses nothing; relayed requests need the secret.
+//!
+//! The tests run one at a time (see `support::cluster::serial`), each on tables of its own.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use support::cluster::{
+    Cluster, PlayEnd, Player, RELAY_HEADER, SECRET, http, move_number, percentile, postgres_url,
+    serial, state_eventually, state_path, ws_handshake_status,
+};
+
+/// The lease TTL of the test clusters (short, so that failovers are quick).
+const LEASE_TTL: Duration = Duration::from_millis(1500);
+/// A failover must serve clients again within the TTL and this much.
+const FAILOVER_SLACK: Duration = Duration::from_millis(1500);
+/// Owners killed in `kill_9_owner_under_load_fails_over`.
+const FAILOVER_ROUNDS: usize = 20;
+/// Players in the failover and rolling-restart tests.
+const PLAYERS: usize = 4;
+/// How long players play before each kill (a random time in this range, in ms).
+const PLAY_MS: std::ops::Range<u64> = 400..900;
+/// A move acknowledged this long before a SIGKILL must have been saved (storage throttle 0:
+/// the owner writes within milliseconds; the same rule as `crash.rs`).
+const SAVED_MARGIN: Duration = Duration::from_millis(300);
+/// Players send a move this often (well under the 100 messages/s limit).
+const MOVE_INTERVAL: Duration = Duration::from_millis(25);
+/// A client whose connection failed tries the next node after this long.
+const RECONNECT_RETRY: Duration = Duration::from_millis(50);
+/// One connection attempt may take this long (a node may hold it until a lease expires).
+const ATTEMPT: Duration = Duration::from_millis(1500 + 2000);
+/// A socket must be closed this soon after its owner died, stopped or resumed.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+/// Moves must be acknowledged this soon.
+const ACK_WITHIN: Duration = Duration::from_secs(5);
+/// Rooms claimed concurrently in `racing_claims_never_two_owners`.
+const RACE_ROOMS: usize = 1000;
+/// Rooms in flight at once there (three requests each).
+const RACE_PARALLEL: usize = 24;
+/// Its lease TTL: a thousand leases renewed every TTL/3 must not starve two cores.
+const RACE_LEASE_TTL: Duration = Duration::from_millis(5000);
+
+/// Rejoin a panic raised in a spawned task.
+fn join<T>(r: Result<T, tokio::task::JoinError>) -> T {
+    r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// kill -9 of a room's owner while clients play on it, directly and relayed through another
+/// node, twenty times over (a fresh node replaces each dead one). Each time every client gets
+/// a closed socket, reconnects (trying the live nodes in turn every 50 ms) with the same
+/// session and gets the same public id from a new owner (the lease's epoch + 1), within the
+/// TTL + 1.5 s (p99); and every move the client saw acknowledged 300 ms before the kill is in
+/// the restored state (storage throttle 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_owner_under_load_fails_over() {
+    let Some(url) = postgres_url() else { return };
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&url, LEASE_TTL, &["--storage-throttle-ms", "0"], 3);
+    let pg = cluster.pg().await;
+    let room = "failover";
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut players: Vec<Player> = (0..PLAYERS)
+        .map(|i| Player::new(format!("fo-{i}")))
+        .collect();
+    let first = cluster.live()[0].clone();
+    for p in &mut players {
+        p.connect(&first.0, first.1, room, ATTEMPT).await.unwrap();
+        p.step(ACK_WITHIN).await.unwrap();
+    }
+    let mut epoch = 1;
+    let mut samples = Vec::new();
+
+    for round in 0..FAILOVER_ROUNDS {
+        let lease = pg.lease(room).await.expect("the room has a lease");
+        assert!(lease.live, "round {round}: live lease {lease:?}");
+        assert_eq!(lease.epoch, epoch, "round {round}: lease {lease:?}");
+        let owner = lease.owner.clone();
+        let live = cluster.live();
+        let others: Vec<_> = live.iter().filter(|(id, _)| *id != owner).collect();
+        assert!(!others.is_empty());
+
+        // Even players on the owner, odd ones relayed through the other nodes.
+        for (i, p) in players.iter_mut().enumerate() {
+            let (id, port) = if i % 2 == 0 {
+                cluster
+                    .live()
+                    .into_iter()
+                    .find(|(id, _)| *id == owner)
+                    .unwrap()
+            } else {
+                others[(i / 2) % others.len()].clone()
+            };
+            if p.node() != Some(id.as_str()) {
+                p.connect(&id, port, room, ATTEMPT).await.unwrap();
+            }
+        }
+
+        // Play, and kill the owner under the moves.
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks: Vec<_> = players
+            .drain(..)
+            .map(|mut p| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let end = p.play(&stop, MOVE_INTERVAL).await;
+                    (p, end)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(rng.u64(PLAY_MS))).await;
+        let killed_at = Instant::now();
+        cluster.remove(&owner).kill9();
+
+        // Every socket closes: direct ones with the process, relayed ones by their node.
+        for (i, task) in tasks.into_iter().enumerate() {
+            match tokio::time::timeout_at((killed_at + CLOSE_WITHIN).into(), task).await {
+                Ok(r) => {
+                    let (p, end) = join(r);
+                    assert!(matches!(end, PlayEnd::Closed(_)), "round {round}: {end:?}");
+                    players.push(p);
+                }
+                Err(_) => {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!(
+                        "round {round}: player fo-{i} ({}) still connected {CLOSE_WITHIN:?} \
+                         after its room's owner {owner} was killed",
+                        if i % 2 == 0 {
+                            "on the owner"
+                        } else {
+                            "relayed"
+                        }
+                    );
+                }
+            }
+        }
+
+        // Reconnect through the live nodes, each player starting with another one.
+        let live = cluster.live();
+        let deadline = killed_at + LEASE_TTL + Duration::from_secs(10);
+        let sure_before = killed_at.checked_sub(SAVED_MARGIN).unwrap();
+        let back = futures_util::future::join_all(players.iter_mut().enumerate().map(|(i, p)| {
+            let live = &live;
+            async move {
+                let sure = p.acked_before(sure_before);
+                let r = p
+                    .reconnect(room, live, i, RECONNECT_RETRY, ATTEMPT, deadline)
+                    .await;
+                (sure, r)
+            }
+        }))
+        .await;
+        let mut slowest = Duration::ZERO;
+        for (p, (sure, r)) in players.iter().zip(back) {
+            let r = r.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            slowest = slowest.max(r.at - killed_at);
+            let restored = r.restored.unwrap_or(0);
+            assert!(
+                restored >= sure && restored <= p.sent,
+                "round {round}: {} restored at move {:?} by {}; acknowledged {SAVED_MARGIN:?} \
+                 before the kill: {sure}; sent: {}",
+                p.session,
+                r.restored,
+                r.node,
+                p.sent
+            );
+        }
+        samples.push(slowest);
+
+        let lease = pg.lease(room).await.expect("lease");
+        assert!(
+            lease.live && lease.owner != owner && lease.epoch == epoch + 1,
+            "round {round}: after {owner} (epoch {epoch}) died: {lease:?}"
+        );
+        epoch = lease.epoch;
+        cluster.start_node();
+    }
+
+    let p50 = percentile(&samples, 50.0);
+    let p99 = percentile(&samples, 99.0);
+    eprintln!(
+        "failover: rounds={FAILOVER_ROUNDS} p50={}ms p99={}ms (ttl {}ms, {PLAYERS} players, \
+         half of them relayed)",
+        p50.as_millis(),
+        p99.as_millis(),
+        LEASE_TTL.as_millis()
+    );
+    let acked: u64 = players.iter().map(Player::acked).sum();
+    assert!(acked > 0, "the players moved");
+    assert!(
+        p99 < LEASE_TTL + FAILOVER_SLACK,
+        "failover p99 {p99:?} >= ttl {LEASE_TTL:?} + {FAILOVER_SLACK:?}; samples: {samples:?}"
+    );
+}
+
+/// SIGSTOP of a room's owner A past the TTL: B claims the room (epoch + 1) when a client asks
+/// it and restores what A saved; the client moves there. A move sent to A while it is frozen
+/// reaches A after SIGCONT, when A has lost the lease: A closes its client (1012), drops the
+/// room, and its write is refused, so the stored state is B's, in the table, through B, and
+/// through a fresh node after A stopped and B was killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_owner_is_fenced() {
+    let Some(url) = postgres_url() else { return };
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&url, LEASE_TTL, &["--storage-throttle-ms", "0"], 2);
+    let pg = cluster.pg().await;
+    let room = "fence";
+    let live = cluster.live();
+    let ((a, a_port), (b, b_port)) = (live[0].clone(), live[1].clone());
+
+    // A owns the room; its client's move is saved.
+    let mut on_a = Player::new("fenced");
+    on_a.connect(&a, a_port, room, ATTEMPT).await.unwrap();
+    let lease = pg.lease(room).await.expect("lease");
+    assert!(lease.live && lease.owner == a, "A claimed: {lease:?}");
+    let e1 = lease.epoch;
+    let a_move = on_a.step(ACK_WITHIN).await.unwrap();
+
+    cluster.node(&a).stop();
+    let stopped_at = Instant::now();
+    pg.wait_lease(
+        room,
+        LEASE_TTL + Duration::from_secs(3),
+        "A's lease ran out",
+        |l| l.as_ref().is_some_and(|l| !l.live),
+    )
+    .await;
+    assert!(stopped_at.elapsed() > LEASE_TTL / 2);
+
+    // B claims and restores A's saved move; the same session is the same player.
+    let mut on_b = Player::new("fenced");
+    on_b.pid = on_a.pid.clone();
+    on_b.sent = on_a.sent;
+    let restored = on_b.connect(&b, b_port, room, ATTEMPT).await.unwrap();
+    assert_eq!(restored, Some(a_move), "B restored what A saved");
+    let lease = pg.lease(room).await.expect("lease");
+    assert!(
+        lease.live && lease.owner == b && lease.epoch == e1 + 1,
+        "B claimed with the next epoch ({}): {lease:?}",
+        e1 + 1
+    );
+    on_b.step(ACK_WITHIN).await.unwrap();
+
+    // A move for the frozen A (its kernel buffers it), far from any of B's.
+    on_a.sent += 10_000;
+    assert!(
+        on_a.send_next().await,
+        "the stopped node's socket takes the move"
+    );
+    let stale = on_a.sent;
+
+    cluster.node(&a).cont();
+    let code = on_a
+        .wait_closed(CLOSE_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("A closes its client after losing the lease: {e}"));
+    assert!(
+        code.is_none() || code == Some(1012),
+        "A's client closed with {code:?}, want 1012"
+    );
+    // A dropped the room; the lease is still B's.
+    let deadline = Instant::now() + CLOSE_WITHIN;
+    loop {
+        let view = cluster.node(&a).cluster_view().await;
+        if !view.rooms.iter().any(|r| r.room == room) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A still lists {room}: {view:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lease = pg.lease(room).await.expect("lease");
+    assert!(
+        lease.live && lease.owner == b && lease.epoch == e1 + 1,
+        "still B's after A resumed: {lease:?}"
+    );
+
+    // B still serves; its last move is the room's, in memory and stored.
+    let b_move = on_b.step(ACK_WITHIN).await.unwrap();
+    let pid = on_b.pid().to_owned();
+    let state = cluster.node(&b).state(room).await;
+    assert_eq!(
+        move_number(&state["players"][&pid]),
+        Some(b_move),
+        "B's state: {state}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let row = pg.player_row(room, &pid).await;
+        let shown = row.as_ref().and_then(move_number);
+        assert_ne!(shown, Some(stale), "A's fenced write was stored: {row:?}");
+        if shown == Some(b_move) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored row of {pid}: {row:?}, want B's move {b_move}; rows: {:?}",
+            pg.state_rows(room).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // After A's clean exit and B's crash, a fresh node restores B's state.
+    let status = cluster.remove(&a).terminate().await;
+    assert!(
+        status.success(),
+        "the fenced node exits cleanly: {status:?}"
+    );
+    cluster.remove(&b).kill9();
+    let c = cluster.start_node();
+    let c_port = cluster.node(&c).port();
+    let state = state_eventually(c_port, room, LEASE_TTL + Duration::from_secs(5)).await;
+    assert_eq!(
+        move_number(&state["players"][&pid]),
+        Some(b_move),
+        "restored on {c}: {state}"
+    );
+    let lease = pg.lease(room).await.expect("lease");
+    assert!(
+        lease.owner == c && lease.epoch == e1 + 2,
+        "{c} claimed after B: {lease:?}"
+    );
+}
+
+/// A thousand rooms, each asked for by `GET /state` on all three nodes at the same moment:
+/// every room ends up with exactly one lease row, at epoch 1; the nodes' `GET /cluster` lists
+/// are disjoint, cover every room, and agree with the lease table; and the three answers for
+/// a room are the same JSON (the star is random per room instance, so one instance served
+/// all three).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_claims_never_two_owners() {
+    let Some(url) = postgres_url() else { return };
+    let _serial = serial().await;
+    let cluster = Cluster::start(&url, RACE_LEASE_TTL, &["--idle-timeout-ms", "600000"], 3);
+    let pg = cluster.pg().await;
+    let live = cluster.live();
+    let started = Instant::now();
+    let answers: Vec<(usize, Vec<_>)> = futures_util::stream::iter(0..RACE_ROOMS)
+        .map(|i| {
+            let live = &live;
+            async move {
+                let path = state_path(&format!("race-{i}"));
+                let (r0, r1, r2) = tokio::join!(
+                    http(live[0].1, "GET", &path, &[]),
+                    http(live[1].1, "GET", &path, &[]),
+                    http(live[2].1, "GET", &path, &[]),
+                );
+                (i, vec![r0, r1, r2])
+            }
+        })
+        .buffer_unordered(RACE_PARALLEL)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+
+    let mut differing = Vec::new();
+    for (i, rs) in &answers {
+        let bodies: Vec<_> = rs
+            .iter()
+            .zip(&live)
+            .map(|(r, (node, _))| match r {
+                Ok(r) if r.status == 200 => r.json(),
+                other => panic!("race-{i} on {node}: {other:?}"),
+            })
+            .collect();
+        if bodies.iter().any(|b| *b != bodies[0]) {
+            differing.push((*i, bodies));
+        }
+    }
+    assert!(
+        differing.is_empty(),
+        "{} rooms answered differently by the nodes (two instances), e.g. {:?}",
+        differing.len(),
+        differing.first()
+    );
+
+    // The lease table: one row per room, epoch 1, live.
+    let leases: BTreeMap<String, _> = pg
+        .leases()
+        .await
+        .into_iter()
+        .filter(|l| l.party == "main" && l.room.starts_with("race-"))
+        .map(|l| (l.room.clone(), l))
+        .collect();
+    let all: BTreeSet<String> = (0..RACE_ROOMS).map(|i| format!("race-{i}")).collect();
+    assert_eq!(
+        leases.keys().cloned().collect::<BTreeSet<_>>(),
+        all,
+        "one lease row per room"
+    );
+    let bad: Vec<_> = leases
+        .values()
+        .filter(|l| l.epoch != 1 || !l.live)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} leases not live at epoch 1: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+
+    // The nodes' own lists: disjoint, all rooms, the lease table's owners.
+    let mut listed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut per_node = Vec::new();
+    for (id, _) in &live {
+        let view = cluster.node(id).cluster_view().await;
+        assert_eq!(&view.node, id, "GET /cluster names its node");
+        let mut count = 0;
+        for r in view
+            .rooms
+            .iter()
+            .filter(|r| r.party == "main" && r.room.starts_with("race-"))
+        {
+            assert_eq!(r.epoch, 1, "{id} lists {r:?}");
+            listed.entry(r.room.clone()).or_default().push(id.clone());
+            count += 1;
+        }
+        per_node.push(format!("{id}={count}"));
+    }
+    let twice: Vec<_> = listed.iter().filter(|(_, nodes)| nodes.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "rooms listed by two nodes: {:?}",
+        &twice[..twice.len().min(5)]
+    );
+    let missing: Vec<_> = all.iter().filter(|r| !listed.contains_key(*r)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} rooms listed by no node, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    for (room, nodes) in &listed {
+        assert_eq!(
+            leases[room].owner, nodes[0],
+            "{room}: lease owner vs /cluster"
+        );
+    }
+    eprintln!(
+        "race: {RACE_ROOMS} rooms x 3 nodes in {}ms; owners {}",
+        elapsed.as_millis(),
+        per_node.join(" ")
+    );
+}
+
+/// A rolling restart under play: each of the three nodes in turn gets SIGTERM (it must exit
+/// 0, closing its clients with 1001) and a replacement starts; every client whose socket
+/// closed reconnects through the live nodes with the same public id, and every move it saw
+/// acknowledged before that SIGTERM is there (SIGTERM saves, so no margin). At the end, all
+/// nodes stop and the stored rows hold every player's last move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_loses_nothing() {
+    let Some(url) = postgres_url() else { return };
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(&url, LEASE_TTL, &["--storage-throttle-ms", "0"], 3);
+    let pg = cluster.pg().await;
+    let room = "rolling";
+    let originals = cluster.ids();
+    let live = cluster.live();
+    let mut players: Vec<Player> = (0..PLAYERS)
+        .map(|i| Player::new(format!("roll-{i}")))
+        .collect();
+    // Player 0 first, through n1: n1 owns the room, so the first restart is the owner's.
+    for (i, p) in players.iter_mut().enumerate() {
+        let (id, port) = &live[i % live.len()];
+        p.connect(id, *port, room, ATTEMPT).await.unwrap();
+        p.step(ACK_WITHIN).await.unwrap();
+    }
+    assert_eq!(pg.lease(room).await.expect("lease").owner, originals[0]);
+    let mut reconnects = 0;
+
+    for (step, victim) in originals.iter().enumerate() {
+        let owner = pg.lease(room).await.expect("lease").owner;
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks: Vec<_> = players
+            .drain(..)
+            .map(|mut p| {
+                let stop = stop.clone();
+                let direct = p.node() == Some(victim.as_str());
+                let task = tokio::spawn(async move {
+                    let end = p.play(&stop, MOVE_INTERVAL).await;
+                    (p, end)
+                });
+                (direct, task)
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let termed_at = Instant::now();
+        let status = cluster.remove(victim).terminate().await;
+        assert!(
+            status.success(),
+            "step {step}: {victim} exits 0 on SIGTERM: {status:?}"
+        );
+        cluster.start_node();
+
+        // The victim's own clients were closed with 1001; then everyone stops playing.
+        let mut waiting = Vec::new();
+        for (direct, task) in tasks {
+            if direct {
+                let (p, end) = join(
+                    tokio::time::timeout(CLOSE_WITHIN, task)
+                        .await
+                        .unwrap_or_else(|_| panic!("step {step}: {victim}'s client still open")),
+                );
+                assert_eq!(
+                    end,
+                    PlayEnd::Closed(Some(1001)),
+                    "step {step}: {} on {victim}",
+                    p.session
+                );
+                players.push(p);
+            } else {
+                waiting.push(task);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for task in waiting {
+            players.push(join(task.await).0);
+        }
+
+        // Whoever lost its socket reconnects; then everyone's moves are acknowledged again.
+        let live = cluster.live();
+        for (i, p) in players.iter_mut().enumerate() {
+            let sure = p.acked_before(termed_at);
+            let mut tries = 0;
+            loop {
+                if p.conn.is_none() {
+                    let deadline = Instant::now() + LEASE_TTL + Duration::from_secs(10);
+                    let r = p
+                        .reconnect(room, &live, i, RECONNECT_RETRY, ATTEMPT, deadline)
+                        .await
+                        .unwrap_or_else(|e| panic!("step {step}: {e}"));
+                    let restored = r.restored.unwrap_or(0);
+                    assert!(
+                        restored >= sure && restored <= p.sent,
+                        "step {step}: {} came back at move {:?} through {}; acknowledged \
+                         before {victim}'s SIGTERM: {sure}; sent {}",
+                        p.session,
+                        r.restored,
+                        r.node,
+                        p.sent
+                    );
+                    reconnects += 1;
+                }
+                match p.step(ACK_WITHIN).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tries += 1;
+                        assert!(p.conn.is_none() && tries < 3, "step {step}: {e}");
+                    }
+                }
+            }
+        }
+        let lease = pg.lease(room).await.expect("lease");
+        assert!(lease.live, "step {step}: {lease:?}");
+        if owner == *victim {
+            assert_ne!(
+                lease.owner, *victim,
+                "step {step}: the owner's lease passed on"
+            );
+        }
+    }
+
+    let lease = pg.lease(room).await.expect("lease");
+    assert!(
+        lease.epoch >= 2,
+        "the owner was restarted at least once: {lease:?}"
+    );
+    // Stop everything, the owner first (it saves and releases; no one claims after it).
+    let mut order = cluster.ids();
+    order.sort_by_key(|id| *id != lease.owner);
+    for id in order {
+        let status = cluster.remove(&id).terminate().await;
+        assert!(status.success(), "final {id} exits 0: {status:?}");
+    }
+    for p in &players {
+        let row = pg.player_row(room, p.pid()).await;
+        let stored = row.as_ref().and_then(move_number);
+        assert!(
+            stored.is_some_and(|s| s >= p.acked() && s <= p.sent),
+            "{} stored at {row:?} (move {stored:?}), last acknowledged {}",
+            p.session,
+            p.acked()
+        );
+    }
+    eprintln!(
+        "rolling restart: 3 nodes restarted, {reconnects} reconnections, final epoch {}",
+        lease.epoch
+    );
+}
+
+/// A request that claims to be relayed (`x-partyroom-relay`) with the wrong secret gets 401,
+/// on HTTP and on the WebSocket upgrade, on the owner and on another node; the right secret
+/// is not refused, and a plain request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_relay_header_is_refused() {
+    let Some(url) = postgres_url() else { return };
+    let _serial = serial().await;
+    let cluster = Cluster::start(&url, LEASE_TTL, &[], 2);
+    let room = "forge";
+    let path = state_path(room);
+    for (id, port) in cluster.live() {
+        let plain = http(port, "GET", &path, &[]).await.unwrap();
+        assert_eq!(plain.status, 200, "plain GET on {id}: {plain:?}");
+        let forged = http(port, "GET", &path, &[(RELAY_HEADER, "wrong")])
+            .await
+            .unwrap();
+        assert_eq!(forged.status, 401, "forged GET on {id}: {forged:?}");
+        let ws = ws_handshake_status(port, room, "forger", &[(RELAY_HEADER, "wrong")])
+            .await
+            .unwrap();
+        assert_eq!(ws, 401, "forged WebSocket upgrade on {id}");
+        let ws = ws_handshake_status(port, room, "plain", &[]).await.unwrap();
+        assert_eq!(ws, 101, "plain WebSocket upgrade on {id}");
+    }
+    // The right secret is not refused (wherever the room lives).
+    let (id, port) = cluster.live()[0].clone();
+    let relayed = http(port, "GET", &path, &[(RELAY_HEADER, SECRET)])
+        .await
+        .unwrap();
+    assert_ne!(
+        relayed.status, 401,
+        "GET with the secret on {id}: {relayed:?}"
+    );
+}
