@@ -32,6 +32,7 @@
 mod config;
 mod fenced_storage;
 mod forward;
+mod handoff;
 pub mod ownership;
 mod status;
 mod upkeep;

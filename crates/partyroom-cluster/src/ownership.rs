@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use partyroom_room::storage::{BoxFuture, RoomKey};
-use partyroom_room::{Owner, Placed, Placement, PlacementError, RoomRequest, RoomResponse, Rooms};
+use partyroom_room::{
+    Owner, Placed, Placement, PlacementError, RoomRequest, RoomResponse, Rooms, SessionHandoff,
+};
 use partyroom_storage::{Lease, Leases, Members, PostgresStorage};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
 use crate::fenced_storage::FencedStorage;
-use crate::{ClusterError, forward, status, upkeep};
+use crate::{ClusterError, forward, handoff, status, upkeep};
 
 /// How often a room whose owner is gone (lease live, node silent) is asked for again.
 const WAIT_STEP: Duration = Duration::from_millis(100);
@@ -377,5 +379,14 @@ impl Placement for Cluster {
         request: RoomRequest,
     ) -> BoxFuture<'a, RoomResponse> {
         Box::pin(forward::request(&self.inner.config, owner, room, request))
+    }
+
+    fn hand_off<'a>(
+        &'a self,
+        owner: &'a Owner,
+        room: &'a RoomKey,
+        handoff: SessionHandoff,
+    ) -> BoxFuture<'a, Result<(), PlacementError>> {
+        Box::pin(handoff::send(&self.inner.config, owner, room, handoff))
     }
 }

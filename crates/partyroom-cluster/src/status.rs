@@ -9,6 +9,13 @@ use crate::ownership::Cluster;
 pub(crate) fn router(cluster: Cluster) -> axum::Router {
     axum::Router::new()
         .route("/cluster", axum::routing::get(status))
+        .route(
+            crate::handoff::PATH,
+            axum::routing::post(crate::handoff::accept),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::handoff::MAX_BODY,
+        ))
         .with_state(cluster)
 }
 

@@ -53,7 +53,7 @@ pub use handlers::context::{Cx, HttpCx, TransferError};
 pub use handlers::input::{ActionInput, Valid};
 pub use handlers::registration::{Handlers, Intercept};
 pub use mailbox::admission::{AsyncConnectGuard, AsyncRequestGuard};
-pub use mailbox::directory::{LocateError, Located, LookupError, Rooms};
+pub use mailbox::directory::{HandoffError, LocateError, Located, LookupError, Rooms};
 pub use mailbox::placement::{Owner, Placed, Placement, PlacementError};
 pub use mailbox::room_handle::{RoomGone, RoomHandle};
 pub use pattern::{Params, PatternError, RoomPattern};
@@ -63,3 +63,4 @@ pub use protocol::http::{IntoRoomResponse, Json, RoomRequest, RoomResponse, Text
 pub use protocol::inbound::Rejection;
 pub use registry::RoomsBuilder;
 pub use room::Room;
+pub use session::transfer::SessionHandoff;

@@ -83,6 +83,13 @@ pub struct MoveTo {
     pub y: f64,
 }
 
+/// Value of the `travel` action: the arena to move to (same party).
+#[derive(Deserialize, Debug, Clone)]
+pub struct Travel {
+    /// The target room id.
+    pub room: String,
+}
+
 /// Body of `GET /state` and `POST /reset`.
 #[derive(Serialize, Debug)]
 pub struct ArenaView {
@@ -175,6 +182,16 @@ impl Room for Arena {
             };
             player.x = clamp(to.x, PLAYER_RADIUS, f64::from(WIDTH) - PLAYER_RADIUS);
             player.y = clamp(to.y, PLAYER_RADIUS, f64::from(HEIGHT) - PLAYER_RADIUS);
+        })
+        // Move to another arena with the same player: the client gets
+        // `{type: "travel", room, token}` and reconnects there with `?transferToken=<token>`
+        // (or `{type: "travel", room, error}`). In a cluster the target may be on any node.
+        .action("travel", |_arena: &mut Self, cx, Json(to): Json<Travel>| {
+            let answer = match cx.transfer_session(&to.room) {
+                Ok(token) => json!({"type": "travel", "room": to.room, "token": token}),
+                Err(e) => json!({"type": "travel", "room": to.room, "error": e.to_string()}),
+            };
+            cx.send(&answer);
         })
         .action("collect", |arena: &mut Self, cx, ()| {
             let star = arena.star;

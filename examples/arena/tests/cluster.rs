@@ -17,9 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use serde_json::json;
 use support::cluster::{
-    Cluster, PlayEnd, Player, RELAY_HEADER, SECRET, http, move_number, percentile, postgres_url,
-    serial, state_eventually, state_path, ws_handshake_status,
+    Cluster, Event, PlayEnd, Player, RELAY_HEADER, SECRET, WsConn, http, http_with_body,
+    move_number, percentile, postgres_url, serial, state_eventually, state_path,
+    ws_handshake_status,
 };
 
 /// The lease TTL of the test clusters (short, so that failovers are quick).
@@ -633,4 +635,135 @@ async fn forged_relay_header_is_refused() {
         relayed.status, 401,
         "GET with the secret on {id}: {relayed:?}"
     );
+
+    // The node-to-node handoff endpoint of session transfers: the secret, then a well-formed
+    // handoff for a room that exists, or nothing is queued.
+    let handoff = json!({"party": "main", "room": "forge", "handoff":
+        {"token": "t", "privateId": "p", "publicId": "Abcdefgh", "user": null}})
+    .to_string();
+    let post = |headers: Vec<(&'static str, &'static str)>, body: String| async move {
+        http_with_body(port, "POST", "/cluster/handoff", &headers, &body)
+            .await
+            .unwrap()
+    };
+    let json_type = ("content-type", "application/json");
+    assert_eq!(post(vec![json_type], handoff.clone()).await.status, 401);
+    assert_eq!(
+        post(vec![json_type, (RELAY_HEADER, "wrong")], handoff.clone())
+            .await
+            .status,
+        401
+    );
+    let authed = vec![json_type, (RELAY_HEADER, SECRET)];
+    assert_eq!(post(authed.clone(), "{not json".into()).await.status, 400);
+    assert_eq!(
+        post(authed.clone(), json!({"party": "main"}).to_string())
+            .await
+            .status,
+        400
+    );
+    let unknown = handoff.replace("\"party\":\"main\"", "\"party\":\"nope\"");
+    assert_eq!(post(authed.clone(), unknown).await.status, 404);
+    let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(5 << 20));
+    assert_eq!(post(authed.clone(), huge).await.status, 413);
+    let ok = post(authed, handoff).await;
+    assert!(ok.status == 204 || ok.status == 409, "{ok:?}");
+}
+
+/// A session transfer between rooms owned by different nodes (the arena's `travel` action),
+/// with every connection made through the node that does not own its room: the client gets
+/// a token from room A (owned by n1), presents it at once to room B (owned by n2) with
+/// another session id, and finds its public id and its position there. A forged token does
+/// not: it waits for a handoff that never comes, then joins as a new player.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_transfer_crosses_nodes() {
+    let Some(url) = postgres_url() else { return };
+    let _serial = serial().await;
+    let cluster = Cluster::start(&url, LEASE_TTL, &[], 2);
+    let (n1, n2) = (cluster.node("n1"), cluster.node("n2"));
+    // Each room claimed by the node asked first.
+    let (a, b) = ("travel-a", "travel-b");
+    assert_eq!(
+        http(n1.port(), "GET", &state_path(a), &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        http(n2.port(), "GET", &state_path(b), &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let pg = cluster.pg().await;
+    assert_eq!(pg.lease(a).await.expect("lease of A").owner, "n1");
+    assert_eq!(pg.lease(b).await.expect("lease of B").owner, "n2");
+
+    let timeout = Duration::from_secs(5);
+    let mut traveler = WsConn::connect("n2", n2.port(), a, "traveler", timeout)
+        .await
+        .unwrap();
+    let pid = traveler.pid().to_owned();
+    assert!(traveler.send_move(123.0, 45.5).await);
+    assert!(traveler.send_action("travel", json!({"room": b})).await);
+    let deadline = Instant::now() + timeout;
+    let token = loop {
+        if let Some(t) = traveler.received.iter().find(|m| m["type"] == "travel") {
+            assert!(t.get("error").is_none(), "travel refused: {t}");
+            break t["token"].as_str().expect("token").to_owned();
+        }
+        match traveler.next_until(deadline).await {
+            Event::Frame => {}
+            other => panic!("no travel answer from A: {other:?}"),
+        }
+    };
+    traveler.close().await;
+
+    // At once, on the node that does not own B, with another device's session id.
+    let arrived = WsConn::connect_with(
+        "n1",
+        n1.port(),
+        b,
+        "other-device",
+        &format!("&transferToken={token}"),
+        timeout,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        arrived.pid(),
+        pid,
+        "the transferred session keeps its public id"
+    );
+    let me = &arrived.mirror.state()["players"][&pid];
+    assert_eq!(
+        (me["x"].as_f64(), me["y"].as_f64()),
+        (Some(123.0), Some(45.5)),
+        "{me}"
+    );
+    // Only one node ever served B.
+    assert_eq!(pg.lease(b).await.expect("lease of B").owner, "n2");
+
+    // A token nobody handed off: the connection waits for it, then joins as someone new.
+    let started = Instant::now();
+    let stranger = WsConn::connect_with(
+        "n1",
+        n1.port(),
+        b,
+        "stranger",
+        "&transferToken=forged-token",
+        timeout,
+    )
+    .await
+    .unwrap();
+    assert_ne!(stranger.pid(), pid);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "an unknown token waits for its handoff ({:?})",
+        started.elapsed()
+    );
+    arrived.close().await;
+    stranger.close().await;
 }

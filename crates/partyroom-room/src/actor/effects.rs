@@ -6,11 +6,11 @@
 use serde_json::Value;
 
 use super::RoomActor;
-use crate::handlers::context::{Outbound, TransferOut};
+use crate::handlers::context::{Outbound, TransferOut, TransferTarget};
 use crate::mailbox::message::RoomMsg;
 use crate::protocol::outbound::json_frame;
 use crate::room::Room;
-use crate::session::transfer::TransferIn;
+use crate::session::transfer::SessionHandoff;
 
 impl<R: Room> RoomActor<R> {
     /// Apply what the last handler asked for besides state changes: sync switches, transfers,
@@ -56,16 +56,31 @@ impl<R: Room> RoomActor<R> {
             .and_then(|u| u.get(&t.public_id))
             .map(partyroom_state::Tracked::persist_view)
             .unwrap_or(Value::Null);
-        let msg = RoomMsg::TransferIn(TransferIn {
+        let handoff = SessionHandoff {
             token: t.token,
             private_id: t.private_id,
             public_id: t.public_id,
             user,
-        });
-        // `try_send` keeps the order: the transfer is queued in the target before the client
-        // can even learn its token.
-        if t.target.tx.try_send(msg).is_err() {
-            tracing::warn!(room = %self.id, target = %t.target.id(), "session transfer dropped: target busy or gone");
+        };
+        match t.target {
+            TransferTarget::Local(target) => {
+                // `try_send` keeps the order: the transfer is queued in the target before the
+                // client can even learn its token.
+                if target.tx.try_send(RoomMsg::TransferIn(handoff)).is_err() {
+                    tracing::warn!(room = %self.id, target = %target.id(), "session transfer dropped: target busy or gone");
+                }
+            }
+            TransferTarget::Placed { party, room } => {
+                // In a cluster: the target room waits for the handoff if its client comes
+                // first (see `park_for_handoff`).
+                let rooms = self.rooms.clone();
+                let from = self.id.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = rooms.hand_off(&party, &room, handoff).await {
+                        tracing::warn!(room = %from, target = %room, %err, "session transfer dropped");
+                    }
+                });
+            }
         }
     }
 }

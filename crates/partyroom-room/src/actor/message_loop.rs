@@ -159,10 +159,7 @@ impl<R: Room> RoomActor<R> {
 
     fn handle(&mut self, msg: RoomMsg) {
         match msg {
-            RoomMsg::Connect(req, reply) => {
-                let result = self.on_connect(req);
-                let _ = reply.send(result);
-            }
+            RoomMsg::Connect(req, reply) => self.connect_or_park(req, reply),
             RoomMsg::Message(conn, text) => self.on_message(conn, &text),
             RoomMsg::Drained(conn, delivered) => {
                 if let Some(conn) = self.conns.get_mut(&conn) {
@@ -208,6 +205,7 @@ impl<R: Room> RoomActor<R> {
             self.persist.deadline(),
             unload,
             self.transfers.next_expiry(),
+            self.parked.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -225,6 +223,7 @@ impl<R: Room> RoomActor<R> {
         }
         self.expire_sessions(now);
         self.prune_transfers(now);
+        self.unpark_expired(now);
         self.drop_slow();
     }
 
@@ -232,6 +231,7 @@ impl<R: Room> RoomActor<R> {
         match (self.idle_since, self.config.idle_timeout) {
             (Some(since), Some(after)) => {
                 self.conns.is_empty()
+                    && self.parked.is_empty()
                     && self.clock.now() >= since + after
                     && self.persist.is_idle()
                     && self.sync.deadline().is_none()

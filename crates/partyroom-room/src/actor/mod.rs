@@ -41,6 +41,7 @@ use crate::room::Room;
 use crate::session::lifecycle::Sessions;
 use crate::session::transfer::Transfers;
 use held_reads::HeldReads;
+use parked_connects::ParkedConnects;
 use persist::Persistence;
 use sync_scheduler::SyncScheduler;
 
@@ -67,6 +68,7 @@ mod effects;
 mod flush;
 pub(crate) mod held_reads;
 mod message_loop;
+mod parked_connects;
 pub(crate) mod persist;
 mod restore;
 mod run;
@@ -111,6 +113,8 @@ pub(crate) struct RoomActor<R: Room> {
     held_reads: HeldReads,
     /// Since when the room has had no connection (for unloading).
     idle_since: Option<Instant>,
+    /// Connections waiting for the session handoff their transfer token names.
+    parked: ParkedConnects,
 }
 
 /// Identity and surroundings of a room instance.
@@ -141,6 +145,7 @@ impl<R: Room> RoomActor<R> {
         Self {
             persist,
             idle_since: Some(clock.now()),
+            parked: ParkedConnects::default(),
             sync: SyncScheduler::new(config.throttle_sync),
             auto_sync: config.auto_sync,
             sessions: Sessions::new(config.session_expiry),

@@ -4,13 +4,38 @@ use partyroom_state::State;
 use tokio::time::Instant;
 
 use super::RoomActor;
+use super::parked_connects::{ConnectReply, presented_token};
+use crate::connection::request::ConnectRequest;
 use crate::room::Room;
 use crate::session::table::Session;
-use crate::session::transfer::{Transfer, TransferIn};
+use crate::session::transfer::{SessionHandoff, Transfer};
 
 impl<R: Room> RoomActor<R> {
+    /// Connect `req`, or, in a cluster, keep it until the handoff its transfer token names
+    /// arrives (at most `HANDOFF_WAIT`; then it connects as if the token were unknown).
+    pub(super) fn connect_or_park(&mut self, req: ConnectRequest, reply: ConnectReply) {
+        if self.rooms.placement().is_some()
+            && let Some(token) = presented_token(&req)
+            && self.transfers.get(token).is_none()
+        {
+            let token = token.to_owned();
+            self.parked.park(token, self.clock.now(), req, reply);
+            return;
+        }
+        let result = self.on_connect(req);
+        let _ = reply.send(result);
+    }
+
+    /// Connect the parked requests whose wait ended at `now`.
+    pub(super) fn unpark_expired(&mut self, now: Instant) {
+        for (req, reply) in self.parked.take_expired(now) {
+            let result = self.on_connect(req);
+            let _ = reply.send(result);
+        }
+    }
+
     /// A session moved here: prepare the session and the user, and remember the token.
-    pub(super) fn transfer_in(&mut self, t: TransferIn) {
+    pub(super) fn transfer_in(&mut self, t: SessionHandoff) {
         let now = self.clock.now();
         let wall = self.clock.unix_ms();
         if R::USERS_FIELD.is_some() {
@@ -36,9 +61,14 @@ impl<R: Room> RoomActor<R> {
         }
         self.persist.transfer_changed(&t.token, now);
         let transfer = Transfer::new(t.private_id, t.public_id, now, wall);
-        self.transfers.insert(t.token, transfer);
+        let token = t.token;
+        self.transfers.insert(token.clone(), transfer);
         self.flush_state();
         self.after_handler();
+        for (req, reply) in self.parked.take_token(&token) {
+            let result = self.on_connect(req);
+            let _ = reply.send(result);
+        }
     }
 
     /// Forget the transfer tokens expired at `now` (in memory and in storage).

@@ -25,9 +25,24 @@ pub(crate) enum Outbound {
 #[derive(Debug, Clone)]
 pub(crate) struct TransferOut {
     pub(crate) token: String,
-    pub(crate) target: RoomHandle,
+    pub(crate) target: TransferTarget,
     pub(crate) private_id: String,
     pub(crate) public_id: String,
+}
+
+/// Where a transferred session goes.
+#[derive(Debug, Clone)]
+pub(crate) enum TransferTarget {
+    /// A room of this process (no cluster).
+    Local(RoomHandle),
+    /// A room that may be served by any node of the cluster: located when the transfer
+    /// is carried out.
+    Placed {
+        /// Its party.
+        party: String,
+        /// Its id.
+        room: String,
+    },
 }
 
 /// What handlers asked the room to do besides changing state.
@@ -179,6 +194,10 @@ impl Cx<'_> {
     /// (or with the same session id) and finds the same public id and user there. The room
     /// must deliver the token to its client itself (for example with [`Cx::send`]).
     ///
+    /// In a cluster the target room may be served by another node: the session is handed
+    /// over to it there, and a client that presents the token before the handoff arrived
+    /// waits for it (up to a couple of seconds).
+    ///
     /// Only room code can create transfers: there is no public endpoint for it (quirk Q19
     /// fixed).
     pub fn transfer_session(&mut self, target_room: &str) -> Result<String, TransferError> {
@@ -193,7 +212,18 @@ impl Cx<'_> {
         target_room: &str,
     ) -> Result<String, TransferError> {
         let conn = self.conn.ok_or(TransferError::NoConnection)?;
-        let target = self.scope.rooms.get(party, target_room)?;
+        let rooms = self.scope.rooms;
+        let target = if rooms.placement().is_some() {
+            // In a cluster the target may live on another node: starting it here would
+            // serve it without its lease.
+            rooms.check(party, target_room)?;
+            TransferTarget::Placed {
+                party: party.to_owned(),
+                room: target_room.to_owned(),
+            }
+        } else {
+            TransferTarget::Local(rooms.get(party, target_room)?)
+        };
         let token = secure_token();
         self.scope.effects.transfers.push(TransferOut {
             token: token.clone(),

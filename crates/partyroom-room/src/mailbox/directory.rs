@@ -15,6 +15,7 @@ use super::room_handle::RoomHandle;
 use crate::clock::Clock;
 use crate::pattern::{Params, RoomPattern};
 use crate::protocol::http::{RoomRequest, RoomResponse};
+use crate::session::transfer::SessionHandoff;
 use crate::storage::{RoomKey, Storage};
 
 /// Live instances of a party, by room id. A std mutex: held only to look up or insert, never
@@ -171,7 +172,7 @@ impl Rooms {
     }
 
     /// Whether `party` has a room type whose pattern matches `room_id`.
-    fn check(&self, party: &str, room_id: &str) -> Result<(), LookupError> {
+    pub(crate) fn check(&self, party: &str, room_id: &str) -> Result<(), LookupError> {
         let p = self
             .parties
             .get(party)
@@ -336,6 +337,68 @@ impl Rooms {
         ))
     }
 
+    /// Deliver a session handed over by another room to `room_id`, wherever in the cluster
+    /// it is served (session transfers to a room of another node go through here).
+    pub async fn hand_off(
+        &self,
+        party: &str,
+        room_id: &str,
+        handoff: SessionHandoff,
+    ) -> Result<(), HandoffError> {
+        let key = RoomKey::new(party, room_id);
+        let mut last = HandoffError::Unavailable(PlacementError("no attempt".into()));
+        for _ in 0..3 {
+            match self.locate(party, room_id).await {
+                Ok(Located::Here(handle)) => {
+                    if handle
+                        .tx
+                        .send(RoomMsg::TransferIn(handoff.clone()))
+                        .await
+                        .is_ok()
+                    {
+                        return Ok(());
+                    }
+                    // The instance stopped meanwhile: locate it again.
+                }
+                Ok(Located::Elsewhere(owner)) => {
+                    let Some(placement) = &self.placement else {
+                        break;
+                    };
+                    match placement.hand_off(&owner, &key, handoff.clone()).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            placement.moved(&key);
+                            last = HandoffError::Unavailable(e);
+                        }
+                    }
+                }
+                Err(LocateError::Lookup(e)) => return Err(HandoffError::Lookup(e)),
+                Err(LocateError::Unavailable(e)) => last = HandoffError::Unavailable(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Deliver a session handed over from another node to `room_id`, only if this node
+    /// serves it (claiming it if nobody does): a handoff is never relayed twice.
+    pub async fn accept_hand_off(
+        &self,
+        party: &str,
+        room_id: &str,
+        handoff: SessionHandoff,
+    ) -> Result<(), HandoffError> {
+        match self.locate(party, room_id).await {
+            Ok(Located::Here(handle)) => handle
+                .tx
+                .send(RoomMsg::TransferIn(handoff))
+                .await
+                .map_err(|_| HandoffError::Unavailable(PlacementError("room stopped".into()))),
+            Ok(Located::Elsewhere(owner)) => Err(HandoffError::NotHere(owner)),
+            Err(LocateError::Lookup(e)) => Err(HandoffError::Lookup(e)),
+            Err(LocateError::Unavailable(e)) => Err(HandoffError::Unavailable(e)),
+        }
+    }
+
     /// Number of live room instances.
     pub fn live_rooms(&self) -> usize {
         self.parties
@@ -343,4 +406,19 @@ impl Rooms {
             .map(|p| p.live.lock().map(|l| l.len()).unwrap_or(0))
             .sum()
     }
+}
+
+/// Why a session handoff was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandoffError {
+    /// No such party or room.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// The room could not be placed or reached now.
+    #[error(transparent)]
+    Unavailable(#[from] PlacementError),
+    /// Another node serves the room.
+    #[error("room is served by node {}", .0.node)]
+    NotHere(Owner),
 }

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use crate::connection::refusal::{ConnectError, Refusal};
 use crate::connection::request::{ConnId, ConnectInfo, ConnectRequest};
 use crate::protocol::http::{RoomRequest, RoomResponse};
-use crate::session::transfer::TransferIn;
+use crate::session::transfer::SessionHandoff;
 
 /// Mailbox size of a room: messages beyond it wait in the connection tasks (backpressure on
 /// the sockets), not in memory.
@@ -34,7 +34,7 @@ pub(crate) enum RoomMsg {
     /// Run a closure on the room state (from a task spawned by a handler).
     Run(ErasedRun),
     /// A session moved here from another room.
-    TransferIn(TransferIn),
+    TransferIn(SessionHandoff),
     /// Stop at once without saving and close every connection with 1012: this node lost the
     /// room (see [`Rooms::evict`](crate::Rooms::evict)).
     Evict,

@@ -11,6 +11,7 @@
 use std::fmt;
 
 use crate::protocol::http::{RoomRequest, RoomResponse};
+use crate::session::transfer::SessionHandoff;
 use crate::storage::{BoxFuture, RoomKey};
 
 /// The node that serves a room, as a [`Placement`] names it.
@@ -56,4 +57,13 @@ pub trait Placement: Send + Sync + fmt::Debug + 'static {
         room: &'a RoomKey,
         request: RoomRequest,
     ) -> BoxFuture<'a, RoomResponse>;
+
+    /// Hand a session over to `room` on `owner` (a session transfer across nodes); `Ok` once
+    /// the owner has queued it in the room, before the client can present its token.
+    fn hand_off<'a>(
+        &'a self,
+        owner: &'a Owner,
+        room: &'a RoomKey,
+        handoff: SessionHandoff,
+    ) -> BoxFuture<'a, Result<(), PlacementError>>;
 }

@@ -7,14 +7,19 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-/// A session on its way from another room: what the target room's mailbox receives.
-#[derive(Debug)]
-pub(crate) struct TransferIn {
-    pub(crate) token: String,
-    pub(crate) private_id: String,
-    pub(crate) public_id: String,
-    /// The user's persisted view in the source room.
-    pub(crate) user: Value,
+/// A session on its way from another room: what the target room receives (from a room of
+/// this process, or from another node of a cluster, which sends it as JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionHandoff {
+    /// The single-use token the client presents to the target room (`?transferToken=`).
+    pub token: String,
+    /// The session's private id (the client's session id).
+    pub private_id: String,
+    /// The user's public id, kept in the target room.
+    pub public_id: String,
+    /// The user's persisted view in the source room (`null` if it had none).
+    pub user: Value,
 }
 
 /// A transfer token waiting for its client.

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use partyroom_state::ClientMirror;
+use partyroom_state::{ClientMirror, Packet};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -564,6 +564,17 @@ pub async fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<HttpResponse, String> {
+    http_with_body(port, method, path, headers, "").await
+}
+
+/// [`http`] with a body.
+pub async fn http_with_body(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<HttpResponse, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -573,7 +584,11 @@ pub async fn http(
         for (name, value) in headers {
             req.push_str(&format!("{name}: {value}\r\n"));
         }
+        if !body.is_empty() {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         req.push_str("Connection: close\r\n\r\n");
+        req.push_str(body);
         s.write_all(req.as_bytes())
             .await
             .map_err(|e| format!("write: {e}"))?;
@@ -707,6 +722,8 @@ pub struct WsConn {
     pub node: String,
     /// When its first sync packet (with the public id) arrived.
     pub first_packet_at: Instant,
+    /// The other messages it received (`send`/`broadcast` by room code), oldest first.
+    pub received: Vec<Value>,
 }
 
 impl WsConn {
@@ -719,8 +736,21 @@ impl WsConn {
         session: &str,
         timeout: Duration,
     ) -> Result<WsConn, String> {
+        Self::connect_with(node, port, room, session, "", timeout).await
+    }
+
+    /// [`WsConn::connect`] with more query parameters (`extra`: `&k=v...`).
+    pub async fn connect_with(
+        node: &str,
+        port: u16,
+        room: &str,
+        session: &str,
+        extra: &str,
+        timeout: Duration,
+    ) -> Result<WsConn, String> {
+        let url = format!("{}{extra}", room_url(port, room, session));
         let open = async {
-            let (ws, _) = tokio_tungstenite::connect_async(room_url(port, room, session))
+            let (ws, _) = tokio_tungstenite::connect_async(url)
                 .await
                 .map_err(|e| format!("handshake with {node}: {e}"))?;
             let mut conn = WsConn {
@@ -728,6 +758,7 @@ impl WsConn {
                 mirror: ClientMirror::new(),
                 node: node.to_owned(),
                 first_packet_at: Instant::now(),
+                received: Vec::new(),
             };
             while conn.mirror.pid().is_none() {
                 match conn.next_until(Instant::now() + timeout).await {
@@ -757,7 +788,11 @@ impl WsConn {
             Err(_) => Event::Timeout,
             Ok(None) | Ok(Some(Err(_))) => Event::Closed(None),
             Ok(Some(Ok(Message::Text(t)))) => {
-                self.mirror.apply_packet(&t);
+                if let Packet::Other(_) = self.mirror.apply_packet(&t)
+                    && let Ok(v) = serde_json::from_str(&t)
+                {
+                    self.received.push(v);
+                }
                 Event::Frame
             }
             Ok(Some(Ok(Message::Close(frame)))) => Event::Closed(frame.map(|f| f.code.into())),
@@ -768,6 +803,12 @@ impl WsConn {
     /// Send a `move`; false if the socket is gone.
     pub async fn send_move(&mut self, x: f64, y: f64) -> bool {
         let msg = json!({"action": "move", "value": {"x": x, "y": y}}).to_string();
+        self.ws.send(Message::text(msg)).await.is_ok()
+    }
+
+    /// Send an action with its value; false if the socket is gone.
+    pub async fn send_action(&mut self, action: &str, value: Value) -> bool {
+        let msg = json!({"action": action, "value": value}).to_string();
         self.ws.send(Message::text(msg)).await.is_ok()
     }
 
