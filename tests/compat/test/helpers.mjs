@@ -42,9 +42,20 @@ export function uniqueSessionId(prefix = 'sess') {
 /**
  * Start the server under test: `$ARENA_BIN --port 0 --memory`.
  * Resolves once it printed `listening on http://127.0.0.1:<port>` on stdout.
- * @returns {Promise<{url: string, port: number, proc: import('node:child_process').ChildProcess, output: () => string, stop: () => Promise<void>}>}
+ *
+ * Options: `extraArgs` are appended to the command line; `memory: false` leaves
+ * out `--memory` (cluster mode's `--cluster` conflicts with it); `env` entries
+ * override the inherited environment (an `undefined` value removes a variable);
+ * `name` tags the output echoed with COMPAT_VERBOSE.
+ * @returns {Promise<{url: string, port: number, proc: import('node:child_process').ChildProcess, output: () => string, stop: (opts?: {graceMs?: number}) => Promise<{code: number|null, signal: string|null, killed: boolean}>}>}
  */
-export async function startServer({ timeoutMs = 20_000, extraArgs = [] } = {}) {
+export async function startServer({
+  timeoutMs = 20_000,
+  extraArgs = [],
+  memory = true,
+  env = {},
+  name = 'arena',
+} = {}) {
   const bin = process.env.ARENA_BIN;
   if (!bin) {
     throw new Error(
@@ -60,17 +71,19 @@ export async function startServer({ timeoutMs = 20_000, extraArgs = [] } = {}) {
   }
 
   const verbose = !!process.env.COMPAT_VERBOSE;
-  const args = ['--port', '0', '--memory', ...extraArgs];
+  const args = ['--port', '0', ...(memory ? ['--memory'] : []), ...extraArgs];
+  const childEnv = { ...process.env, ...env };
+  for (const [k, v] of Object.entries(childEnv)) if (v === undefined) delete childEnv[k];
   const proc = spawn(bin, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env },
+    env: childEnv,
   });
 
   let log = '';
   const append = (stream, line) => {
     log += `[${stream}] ${line}\n`;
     if (log.length > 200_000) log = log.slice(-100_000);
-    if (verbose) process.stderr.write(`[arena ${stream}] ${line}\n`);
+    if (verbose) process.stderr.write(`[${name} ${stream}] ${line}\n`);
   };
 
   let exited = false;
@@ -126,14 +139,23 @@ export async function startServer({ timeoutMs = 20_000, extraArgs = [] } = {}) {
     });
   });
 
-  async function stop() {
-    if (exited) return;
+  /**
+   * SIGTERM, then SIGKILL if it is still running after `graceMs`. Resolves with
+   * the exit info (`{code, signal}`; `killed: true` if SIGKILL was needed).
+   */
+  async function stop({ graceMs = 5_000 } = {}) {
+    if (exited) return { ...exitInfo, killed: false };
+    let killed = false;
     proc.kill('SIGTERM');
     const killer = setTimeout(() => {
-      if (!exited) proc.kill('SIGKILL');
-    }, 5_000);
+      if (!exited) {
+        killed = true;
+        proc.kill('SIGKILL');
+      }
+    }, graceMs);
     await exitPromise;
     clearTimeout(killer);
+    return { ...exitInfo, killed };
   }
 
   /**
