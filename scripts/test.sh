@@ -20,47 +20,19 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
 }
 
-# A throwaway PostgreSQL server for the storage tests (crates/partyroom-storage), as the
-# `postgres` user, in a temporary directory, on the first free port from 55432; stopped and
-# removed when the script exits. Exports PARTYROOM_TEST_POSTGRES_URL (a caller's own value is
-# kept). Safe to run again: a server left by an earlier run is stopped and its data removed.
-PG_DIR=/tmp/partyroom-pg
-pg_bin=
-as_postgres() {
-  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
-}
-stop_test_postgres() {
-  if [ -n "$pg_bin" ] && [ -f "$PG_DIR/data/postmaster.pid" ]; then
-    as_postgres "$pg_bin/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
-  fi
-  rm -rf "$PG_DIR"
-}
+# A throwaway PostgreSQL server for the storage and cluster tests (scripts/lib/postgres.sh), in
+# a temporary directory, on the first free port from 55432; stopped and removed when the script
+# exits. Exports PARTYROOM_TEST_POSTGRES_URL (a caller's own value is kept). Safe to run again:
+# a server left by an earlier run is stopped and its data removed.
+# shellcheck source=lib/postgres.sh
+. scripts/lib/postgres.sh
 start_test_postgres() {
   if [ -n "${PARTYROOM_TEST_POSTGRES_URL:-}" ]; then
     echo "using PARTYROOM_TEST_POSTGRES_URL from the environment"
     return
   fi
-  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_install postgresql
-  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  stop_test_postgres
-  local port=55432
-  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-  if [ "$(id -u)" = 0 ]; then install -d -o postgres -g postgres -m 700 "$PG_DIR"; else install -d -m 700 "$PG_DIR"; fi
-  as_postgres "$pg_bin/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
-  trap stop_test_postgres EXIT
-  if ! as_postgres "$pg_bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start \
-    -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off" >/dev/null; then
-    cat "$PG_DIR/server.log" >&2
-    return 1
-  fi
-  "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$port" -t 30
-  # A database whose default collation is not byte order (ICU), so the tests show that the
-  # storage sorts keys byte-wise by itself; plain UTF-8 if this server has no ICU.
-  "$pg_bin/createdb" -h 127.0.0.1 -p "$port" -U postgres -T template0 --locale-provider=icu \
-    --icu-locale=en-US partyroom_test 2>/dev/null \
-    || "$pg_bin/createdb" -h 127.0.0.1 -p "$port" -U postgres partyroom_test
-  export PARTYROOM_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/partyroom_test"
-  echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
+  pg_start /tmp/partyroom-pg 55432 partyroom_test fsync=off max_connections=300
+  export PARTYROOM_TEST_POSTGRES_URL=$PG_URL
 }
 
 step "tools"
@@ -69,7 +41,7 @@ command -v chromium >/dev/null 2>&1 || apt_install chromium
 node --version
 chromium --version 2>/dev/null || true
 
-step "postgres (for the storage tests)"
+step "postgres (for the storage and cluster tests)"
 start_test_postgres
 
 step "cargo fmt --check"
