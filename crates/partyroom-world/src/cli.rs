@@ -13,6 +13,16 @@
 //! app --role rooms  --port 3002
 //! app --role shards --port 3000 --main-url http://10.0.0.2:3002 --world-url http://10.0.0.1:3001
 //! ```
+//!
+//! Cluster mode (`--cluster <postgres url>` and the other flags of
+//! [`ClusterArgs`]): the process is one node of a partyroom cluster. Its rooms, the worlds
+//! included, are saved in PostgreSQL through the cluster's fenced storage; each world has one
+//! owner node at a time, and the other nodes relay its requests and sockets to the owner, so
+//! a world's registry is the same through every node and comes back on another node when its
+//! owner dies. Every node of a cluster runs the same roles (a node relays only to rooms of a
+//! party it serves itself) and the same `AUTH_JWT_SECRET` and `SHARD_SECRET`, which are then
+//! required. A gateway-only process (`--role shards`) is no cluster node: point its
+//! `--main-url` and `--world-url` at any node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +30,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use axum::Router;
 use clap::Parser;
+use partyroom_cluster::cli::ClusterArgs;
 use partyroom_room::RoomsBuilder;
 use partyroom_server::{Server, ServerConfig};
 use partyroom_storage::{MemoryStorage, SqliteStorage, Storage};
@@ -67,11 +78,16 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "world-default,world-eu")]
     pub worlds: Vec<String>,
     /// SQLite file for rooms and worlds (default: memory only).
-    #[arg(long, env = "PARTYROOM_DB")]
+    #[arg(long, env = "PARTYROOM_DB", conflicts_with = "cluster")]
     pub db: Option<String>,
     /// Keep everything in memory (the default; accepted for symmetry with the arena).
-    #[arg(long, conflicts_with = "db")]
+    #[arg(long, conflicts_with_all = ["db", "cluster"])]
     pub memory: bool,
+    /// Cluster mode (`--cluster <postgres url>`, `--node-id`, `--advertise-url`,
+    /// `--cluster-secret`, `--lease-ttl-ms`, `--cluster-table-prefix`): rooms and worlds are
+    /// saved in PostgreSQL, each served by one node of the cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// HS256 key of admin tokens.
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -157,10 +173,16 @@ fn random_secret() -> String {
 }
 
 /// A secret from the command line or the environment; generated for an all-in-one process,
-/// required otherwise.
-fn secret(given: Option<String>, name: &str, together: bool) -> anyhow::Result<(String, bool)> {
+/// required otherwise (and always in a cluster, whose nodes must share it).
+fn secret(
+    given: Option<String>,
+    name: &str,
+    together: bool,
+    cluster: bool,
+) -> anyhow::Result<(String, bool)> {
     match given.filter(|s| !s.is_empty()) {
         Some(s) => Ok((s, false)),
+        None if cluster => bail!("{name} must be set in cluster mode: every node needs the same"),
         None if together => Ok((random_secret(), true)),
         None => bail!("{name} must be set when the parts run in separate processes"),
     }
@@ -206,26 +228,49 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let roles = Roles::of(&args.role);
     let together = roles.together();
-    let (shard_secret, generated_shard) =
-        secret(args.shard_secret.clone(), "SHARD_SECRET", together)?;
+    let clustered = args.cluster.enabled();
+    if clustered && !(roles.world || roles.rooms) {
+        bail!("--cluster needs the world or rooms role: a gateway alone is no cluster node");
+    }
+    let (shard_secret, generated_shard) = secret(
+        args.shard_secret.clone(),
+        "SHARD_SECRET",
+        together,
+        clustered,
+    )?;
     if generated_shard {
         tracing::warn!("SHARD_SECRET is not set: using a random one for this run");
     }
-    let storage: Arc<dyn Storage> = match &args.db {
-        Some(path) => Arc::new(
-            SqliteStorage::open(path)
-                .await
-                .with_context(|| format!("opening {path}"))?,
-        ),
-        None => Arc::new(MemoryStorage::new()),
+    let addr = listener.local_addr()?;
+    let cluster = args.cluster.join(addr).await?;
+    let mut builder = partyroom_room::Rooms::builder();
+    builder = match &cluster {
+        Some(cluster) => builder
+            .storage(cluster.storage())
+            .placement(cluster.placement()),
+        None => {
+            let storage: Arc<dyn Storage> = match &args.db {
+                Some(path) => Arc::new(
+                    SqliteStorage::open(path)
+                        .await
+                        .with_context(|| format!("opening {path}"))?,
+                ),
+                None => Arc::new(MemoryStorage::new()),
+            };
+            builder.storage(storage)
+        }
     };
-    let mut builder = partyroom_room::Rooms::builder().storage(storage);
     if roles.rooms {
         builder = (app.rooms)(builder);
     }
     let mut world_config = None;
     if roles.world {
-        let (jwt_secret, generated) = secret(args.jwt_secret.clone(), "AUTH_JWT_SECRET", together)?;
+        let (jwt_secret, generated) = secret(
+            args.jwt_secret.clone(),
+            "AUTH_JWT_SECRET",
+            together,
+            clustered,
+        )?;
         if generated {
             let token = auth::sign(&Claims::new(&["*"], Duration::from_secs(3600)), &jwt_secret);
             tracing::warn!(
@@ -256,7 +301,6 @@ pub async fn serve_on(
     }
     let rooms = builder.build();
 
-    let addr = listener.local_addr()?;
     let own = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
         format!("http://127.0.0.1:{}", addr.port())
     } else {
@@ -317,27 +361,36 @@ pub async fn serve_on(
     println!("partyroom listening on http://{addr}");
     let stop = shutdown.clone();
     let signal = async move { stop.cancelled().await };
-    if roles.world || roles.rooms {
-        let server = Server::with_config(
-            rooms,
-            ServerConfig {
-                shard_secret: Some(shard_secret),
-                max_connections: args.max_connections,
-                ..ServerConfig::default()
-            },
-        )
-        .merge(extra);
-        server.serve(listener, signal).await?;
+    let served = if roles.world || roles.rooms {
+        let config = ServerConfig {
+            shard_secret: Some(shard_secret),
+            max_connections: args.max_connections,
+            ..ServerConfig::default()
+        };
+        let server = match &cluster {
+            Some(cluster) => {
+                let server = Server::with_config(rooms, cluster.server_config(config));
+                cluster.start(server.rooms().clone());
+                server.merge(extra.merge(cluster.router()))
+            }
+            None => Server::with_config(rooms, config).merge(extra),
+        };
+        server.serve(listener, signal).await.map_err(Into::into)
     } else {
         axum::serve(listener, extra)
             .with_graceful_shutdown(signal)
-            .await?;
-    }
+            .await
+            .map_err(anyhow::Error::from)
+    };
     shutdown.cancel();
     if let Some(gw) = gateway {
         gw.shutdown().await;
     }
-    Ok(())
+    // The rooms are saved (or the server failed): hand their leases over either way.
+    if let Some(cluster) = cluster {
+        cluster.drain().await;
+    }
+    served
 }
 
 /// Log to stderr (`RUST_LOG`, default `info`).

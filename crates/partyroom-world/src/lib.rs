@@ -37,12 +37,16 @@ pub use gateway::{GatewayConfig, ShardGateway};
 pub use model::{RoomEntry, ShardId, ShardInfo, ShardStatus, Strategy};
 pub use world::{RegisterRoom, ScaleRoom, ShardStats, ShardTemplate, World, WorldError, now_ms};
 
-use partyroom_room::Rooms;
+use partyroom_room::{Located, Rooms};
 use tokio_util::sync::CancellationToken;
 
 /// Run the inactive-shard cleanup of every world started in this process (in party `party`)
 /// every `interval` (normally [`WorldConfig::cleanup_interval`]), until `shutdown`. Worlds also clean up lazily on
 /// every request; this pass removes dead shards of worlds nobody asks.
+///
+/// In a cluster (rooms built with a placement) a world is cleaned up by the node that owns
+/// it: one that moved to another node is left to that node's pass (it started there too), and
+/// one whose owner is gone is claimed here, as a request would claim it.
 pub fn spawn_cleanup(
     rooms: Rooms,
     party: &str,
@@ -60,7 +64,7 @@ pub fn spawn_cleanup(
                 _ = tick.tick() => {}
             }
             for id in WorldConfig::started_worlds() {
-                let Ok(handle) = rooms.get(&party, &id) else {
+                let Ok(Located::Here(handle)) = rooms.locate(&party, &id).await else {
                     continue;
                 };
                 let _ = handle

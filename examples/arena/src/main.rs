@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use partyroom::cluster::cli::ClusterArgs;
 use partyroom::storage::{MemoryStorage, SqliteStorage, Storage};
 
 /// The partyroom arena demo server.
@@ -18,38 +19,20 @@ struct Args {
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     host: String,
     /// SQLite file where rooms and sessions are saved.
-    #[arg(long, env = "PARTYROOM_DB", default_value = "partyroom.db")]
-    db: String,
-    /// Keep rooms in memory only (nothing survives a restart).
-    #[arg(long, conflicts_with = "db")]
-    memory: bool,
-    /// Cluster mode: run as one node of a cluster on this PostgreSQL database
-    /// (`postgres://user:password@host/db`). Rooms are saved there instead of SQLite, each
-    /// owned by one node at a time, and any node serves any room.
-    #[arg(long, env = "PARTYROOM_CLUSTER", conflicts_with_all = ["db", "memory"])]
-    cluster: Option<String>,
-    /// Cluster mode: this node's id, unique in the cluster (default: a random one).
-    #[arg(long, env = "PARTYROOM_NODE_ID", requires = "cluster")]
-    node_id: Option<String>,
-    /// Cluster mode: the address other nodes reach this one at (default: http:// and the
-    /// bound address).
-    #[arg(long, env = "PARTYROOM_ADVERTISE_URL", requires = "cluster")]
-    advertise_url: Option<String>,
-    /// Cluster mode: the secret nodes present to each other on relayed requests (required).
     #[arg(
         long,
-        env = "PARTYROOM_CLUSTER_SECRET",
-        requires = "cluster",
-        hide_env_values = true
+        env = "PARTYROOM_DB",
+        default_value = "partyroom.db",
+        conflicts_with = "cluster"
     )]
-    cluster_secret: Option<String>,
-    /// Cluster mode: how long a room's lease lasts without renewal, in milliseconds; a
-    /// crashed node's rooms come back on another node about this long after the crash.
-    #[arg(long, default_value_t = 3000, requires = "cluster")]
-    lease_ttl_ms: u64,
-    /// Cluster mode: prefix of the cluster's tables (`<prefix>_state`, `_leases`, `_members`).
-    #[arg(long, default_value = "partyroom", requires = "cluster")]
-    cluster_table_prefix: String,
+    db: String,
+    /// Keep rooms in memory only (nothing survives a restart).
+    #[arg(long, conflicts_with_all = ["db", "cluster"])]
+    memory: bool,
+    /// Cluster mode (`--cluster <postgres url>`, `--node-id`, `--advertise-url`,
+    /// `--cluster-secret`, `--lease-ttl-ms`, `--cluster-table-prefix`).
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Save changes at most this many milliseconds after they happen (default: the arena's
     /// 2,500 ms; 0 saves after every change).
     #[arg(long)]
@@ -125,10 +108,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
-    let cluster = match &args.cluster {
-        Some(url) => Some(join_cluster(url, &args, addr).await?),
-        None => None,
-    };
+    let cluster = args.cluster.join(addr).await?;
     let storage: Arc<dyn Storage> = if args.memory || cluster.is_some() {
         Arc::new(MemoryStorage::new())
     } else {
@@ -163,38 +143,4 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     served?;
     Ok(())
-}
-
-/// Join the cluster on the PostgreSQL database at `url` as the node the flags describe.
-async fn join_cluster(
-    url: &str,
-    args: &Args,
-    addr: std::net::SocketAddr,
-) -> anyhow::Result<partyroom::cluster::Cluster> {
-    let secret = args
-        .cluster_secret
-        .clone()
-        .filter(|s| !s.is_empty())
-        .context("--cluster needs --cluster-secret (or PARTYROOM_CLUSTER_SECRET)")?;
-    let node_id = args
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("node-{:08x}", fastrand::u32(..)));
-    let advertise = match &args.advertise_url {
-        Some(url) => url.clone(),
-        None if addr.ip().is_unspecified() => anyhow::bail!(
-            "--cluster with --host {}: set --advertise-url to an address other nodes can reach",
-            addr.ip()
-        ),
-        None => format!("http://{addr}"),
-    };
-    let mut config = partyroom::cluster::ClusterConfig::new(node_id, advertise, secret);
-    config.lease_ttl = Duration::from_millis(args.lease_ttl_ms);
-    config.table_prefix = args.cluster_table_prefix.clone();
-    let cluster = partyroom::cluster::Cluster::connect(url, config)
-        .await
-        .context("joining the cluster")?;
-    let config = cluster.config();
-    tracing::info!(node = %config.node_id, url = %config.advertise_url, "cluster node");
-    Ok(cluster)
 }

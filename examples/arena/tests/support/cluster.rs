@@ -68,7 +68,8 @@ pub fn table_prefix() -> String {
 // ---------------------------------------------------------------------------------------------
 // Nodes
 
-/// One `partyroom-arena` cluster node (a child process). Killed when dropped.
+/// One cluster node (a child process of the including test's `NODE_BIN`: the arena's or the
+/// `shards` binary). Killed when dropped.
 #[derive(Debug)]
 pub struct Node {
     id: String,
@@ -79,7 +80,7 @@ pub struct Node {
 impl Node {
     /// Start the binary with `args` (which must include `--port 0`); waits for its address.
     fn start(id: &str, args: &[String]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_partyroom-arena"))
+        let mut child = Command::new(super::NODE_BIN)
             .args(args)
             .env(
                 "RUST_LOG",
@@ -89,7 +90,7 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("arena binary starts");
+            .expect("node binary starts");
         // Its log, prefixed with its id (shown with the test's output when a test fails).
         let stderr = child.stderr.take().unwrap();
         let tag = id.to_owned();
@@ -508,12 +509,17 @@ impl Pg {
 
     /// The stored rows (key, value) of room `room` of party `main`.
     pub async fn state_rows(&self, room: &str) -> Vec<(String, Value)> {
+        self.party_state_rows("main", room).await
+    }
+
+    /// The stored rows (key, value) of room `room` of party `party`.
+    pub async fn party_state_rows(&self, party: &str, room: &str) -> Vec<(String, Value)> {
         let sql = format!(
-            "SELECT key, value::text FROM \"{}_state\" WHERE party = 'main' AND room = $1 \
+            "SELECT key, value::text FROM \"{}_state\" WHERE party = $1 AND room = $2 \
              ORDER BY key",
             self.prefix
         );
-        self.rows(&sql, &[&room])
+        self.rows(&sql, &[&party, &room])
             .await
             .iter()
             .map(|r| {

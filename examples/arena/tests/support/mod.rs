@@ -4,6 +4,9 @@
 
 pub mod cluster;
 
+/// The binary [`cluster`] starts as its nodes.
+pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_partyroom-arena");
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
