@@ -15,7 +15,7 @@ use partyroom_room::storage::{BoxFuture, RoomKey};
 use partyroom_room::{
     Owner, Placed, Placement, PlacementError, RoomRequest, RoomResponse, Rooms, SessionHandoff,
 };
-use partyroom_storage::{Lease, Leases, Members, PostgresStorage};
+use partyroom_storage::{Lease, Leases, Members, OpenError, PostgresOptions, PostgresStorage};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -129,11 +129,20 @@ impl Inner {
                 return Ok(Placed::Elsewhere(owner));
             }
             let lock = self.claim_lock(room);
-            let guard = lock.lock().await;
-            let placed = self.claim_or_find(room).await;
-            drop(guard);
+            // Bounded too when the database does not answer (a partition: no error, no reply).
+            let placed = tokio::time::timeout_at(give_up, async {
+                let _guard = lock.lock().await;
+                self.claim_or_find(room).await
+            })
+            .await;
             drop(lock);
             self.forget_claim_lock(room);
+            let placed = placed.map_err(|_| {
+                PlacementError(format!(
+                    "room {}/{}: the cluster database did not answer in time",
+                    room.party, room.room
+                ))
+            })?;
             match placed? {
                 Some(placed) => return Ok(placed),
                 None if Instant::now() >= give_up => {
@@ -229,9 +238,16 @@ impl Inner {
             self.lock_held().remove(room)
         };
         if let Some(held) = removed {
-            match self.leases.release(&held.lease).await {
-                Ok(_) => tracing::debug!(party = %room.party, room = %room.room, "lease released"),
-                Err(e) => tracing::warn!(room = %room.room, error = %e, "releasing lease failed"),
+            // A release that never happens only makes the next owner wait for the expiry.
+            let every = self.config.renew_every();
+            match tokio::time::timeout(every, self.leases.release(&held.lease)).await {
+                Ok(Ok(_)) => {
+                    tracing::debug!(party = %room.party, room = %room.room, "lease released");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(room = %room.room, error = %e, "releasing lease failed");
+                }
+                Err(_) => tracing::warn!(room = %room.room, "releasing lease timed out"),
             }
         }
         drop(guard);
@@ -254,7 +270,17 @@ impl Cluster {
         }
         partyroom_server::http_client::BaseUrl::parse(&config.advertise_url)
             .map_err(|e| ClusterError::Config(e.to_string()))?;
-        let store = PostgresStorage::connect(url, &config.table("state")).await?;
+        let store = PostgresStorage::connect_with(
+            db_config(url, config.lease_ttl)?,
+            PostgresOptions {
+                table: config.table("state"),
+                // A request that cannot get a connection fails within the TTL: by then the
+                // leases it would need are over anyway.
+                timeout: config.lease_ttl,
+                ..PostgresOptions::default()
+            },
+        )
+        .await?;
         let leases = Leases::open(store.pool().clone(), &config.table("leases")).await?;
         let members = Members::open(store.pool().clone(), &config.table("members")).await?;
         members
@@ -314,7 +340,12 @@ impl Cluster {
     /// and placement.
     pub fn start(&self, rooms: Rooms) {
         *self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner()) = Some(rooms);
-        self.inner.tasks.spawn(upkeep::run(self.inner.clone()));
+        self.inner
+            .tasks
+            .spawn(upkeep::watch_trust(self.inner.clone()));
+        self.inner
+            .tasks
+            .spawn(upkeep::renew_loop(self.inner.clone()));
     }
 
     /// The rooms this node owns now, with their epochs.
@@ -341,13 +372,23 @@ impl Cluster {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         let held: Vec<Held> = self.inner.lock_held().drain().map(|(_, h)| h).collect();
-        let released = futures_util::future::join_all(
-            held.iter().map(|h| self.inner.leases.release(&h.lease)),
+        // With the database out of reach, exit anyway after a TTL: the leases expire by
+        // themselves.
+        let ttl = self.inner.config.lease_ttl;
+        let released = tokio::time::timeout(
+            ttl,
+            futures_util::future::join_all(
+                held.iter().map(|h| self.inner.leases.release(&h.lease)),
+            ),
         )
-        .await;
-        let failed = released.iter().filter(|r| r.is_err()).count();
-        if let Err(e) = self.inner.members.leave(&self.inner.config.node_id).await {
-            tracing::warn!(error = %e, "leaving the cluster failed");
+        .await
+        .unwrap_or_default();
+        let failed = held.len() - released.iter().filter(|r| r.is_ok()).count();
+        match tokio::time::timeout(ttl, self.inner.members.leave(&self.inner.config.node_id)).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster failed"),
+            Err(_) => tracing::warn!("leaving the cluster timed out"),
         }
         tracing::info!(released = held.len() - failed, failed, "left the cluster");
         // Break the cycle rooms → placement → rooms.
@@ -389,4 +430,27 @@ impl Placement for Cluster {
     ) -> BoxFuture<'a, Result<(), PlacementError>> {
         Box::pin(handoff::send(&self.inner.config, owner, room, handoff))
     }
+}
+
+/// The connection settings of a node's pool: `url`, with a connect timeout of the TTL unless
+/// the URL sets one, and `idle_in_transaction_session_timeout` at half the TTL. The latter
+/// matters when a node stops talking in the middle of a fenced write (a pause, a partition):
+/// its transaction holds a share lock on the room's lease, which would keep every other node
+/// from claiming the room until the server noticed the dead connection; PostgreSQL ends such
+/// a transaction (and the lock) instead.
+fn db_config(url: &str, ttl: Duration) -> Result<tokio_postgres::Config, OpenError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(OpenError::Postgres)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(ttl);
+    }
+    let idle = format!(
+        "-c idle_in_transaction_session_timeout={}",
+        (ttl / 2).as_millis().max(100)
+    );
+    let options = match config.get_options() {
+        Some(given) if !given.is_empty() => format!("{given} {idle}"),
+        _ => idle,
+    };
+    config.options(&options);
+    Ok(config)
 }

@@ -20,8 +20,9 @@ const RENEW_CONCURRENCY: usize = 16;
 /// A room unloaded for this many renewal ticks in a row gets its lease released.
 const RELEASE_AFTER_IDLE_TICKS: u32 = 2;
 
-pub(crate) async fn run(inner: Arc<Inner>) {
-    let mut next_renewal = Instant::now();
+/// Every [`CHECK_EVERY`], drop the rooms whose lease this node no longer trusts. A task of
+/// its own, so that no database call, however long it hangs, delays it.
+pub(crate) async fn watch_trust(inner: Arc<Inner>) {
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -30,11 +31,23 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             _ = check.tick() => {}
         }
         drop_untrusted(&inner).await;
-        if Instant::now() >= next_renewal {
-            next_renewal = Instant::now() + inner.config.renew_every();
-            heartbeat(&inner).await;
-            renew(&inner).await;
+    }
+}
+
+/// Every [`ClusterConfig::renew_every`](crate::ClusterConfig::renew_every): heartbeat, renew
+/// the leases of loaded rooms, release those of unloaded ones. Each call is bounded by that
+/// period, so that a database that stops answering (a partition) is only a failed renewal.
+pub(crate) async fn renew_loop(inner: Arc<Inner>) {
+    let every = inner.config.renew_every();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = inner.stop.cancelled() => break,
+            _ = tick.tick() => {}
         }
+        heartbeat(&inner).await;
+        renew(&inner).await;
     }
 }
 
@@ -54,8 +67,11 @@ async fn drop_untrusted(inner: &Inner) {
 
 async fn heartbeat(inner: &Inner) {
     let c = &inner.config;
-    if let Err(e) = inner.members.heartbeat(&c.node_id, &c.advertise_url).await {
-        tracing::warn!(error = %e, "cluster heartbeat failed");
+    let beat = inner.members.heartbeat(&c.node_id, &c.advertise_url);
+    match tokio::time::timeout(c.renew_every(), beat).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cluster heartbeat failed"),
+        Err(_) => tracing::warn!("cluster heartbeat timed out"),
     }
 }
 
@@ -83,25 +99,29 @@ async fn renew(inner: &Inner) {
     }
     let ttl = inner.config.lease_ttl;
     let trusted_for = inner.config.trusted_for();
+    let every = inner.config.renew_every();
     let mut renewals = futures_util::stream::iter(loaded)
         .map(|lease| async move {
             let started = Instant::now();
-            let result = inner.leases.renew(&lease, ttl).await;
+            let result = tokio::time::timeout(every, inner.leases.renew(&lease, ttl)).await;
             (lease, started, result)
         })
         .buffer_unordered(RENEW_CONCURRENCY);
     while let Some((lease, started, result)) = renewals.next().await {
         match result {
-            Ok(Some(_)) => {
+            Ok(Ok(Some(_))) => {
                 if let Some(h) = inner.lock_held().get_mut(&lease.room)
                     && h.lease.epoch == lease.epoch
                 {
                     h.trusted_until = started + trusted_for;
                 }
             }
-            Ok(None) => inner.lost(&lease.room, "lease taken over").await,
+            Ok(Ok(None)) => inner.lost(&lease.room, "lease taken over").await,
             // The database is unreachable: keep serving until the lease is no longer trusted.
-            Err(e) => tracing::warn!(room = %lease.room.room, error = %e, "lease renewal failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(room = %lease.room.room, error = %e, "lease renewal failed");
+            }
+            Err(_) => tracing::warn!(room = %lease.room.room, "lease renewal timed out"),
         }
     }
 }

@@ -285,11 +285,16 @@ impl Cluster {
 
     /// The arguments of node `id`.
     pub fn args(&self, id: &str) -> Vec<String> {
+        self.args_via(id, &self.url)
+    }
+
+    /// The arguments of node `id` reaching the database at `url`.
+    fn args_via(&self, id: &str, url: &str) -> Vec<String> {
         let mut args: Vec<String> = [
             "--port",
             "0",
             "--cluster",
-            &self.url,
+            url,
             "--node-id",
             id,
             "--cluster-secret",
@@ -311,6 +316,16 @@ impl Cluster {
         self.started += 1;
         let id = format!("n{}", self.started);
         let node = Node::start(&id, &self.args(&id));
+        self.nodes.push(node);
+        id
+    }
+
+    /// Start one more node that reaches the database at `url` (e.g. through a
+    /// [`DbLink`](super::db_link::DbLink)); returns its id.
+    pub fn start_node_via(&mut self, url: &str) -> String {
+        self.started += 1;
+        let id = format!("n{}", self.started);
+        let node = Node::start(&id, &self.args_via(&id, url));
         self.nodes.push(node);
         id
     }

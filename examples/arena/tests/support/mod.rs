@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod db_link;
 
 /// The binary [`cluster`] starts as its nodes.
 pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_partyroom-arena");
