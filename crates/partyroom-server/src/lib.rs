@@ -16,6 +16,7 @@
 //! headers, bodies, frames, writes and silent clients all have deadlines (see
 //! [`ServerConfig`]).
 
+mod byte_relay;
 mod connection;
 #[cfg(feature = "autobahn-echo")]
 pub mod echo;

@@ -1,6 +1,6 @@
 //! Cluster mode in the server: a request for a room that another node owns is relayed to
-//! that node (WebSocket and HTTP, through [`crate::relay`]), so that any node serves any room
-//! URL and clients never learn which node owns what.
+//! that node (WebSocket bytes through [`crate::byte_relay`], HTTP through [`crate::relay`]),
+//! so that any node serves any room URL and clients never learn which node owns what.
 //!
 //! - The owner is asked for the room with `x-partyroom-relay: <cluster secret>`. A relayed
 //!   request is served only where the room lives: a node that does not own the room (any
@@ -23,10 +23,12 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use partyroom_room::storage::RoomKey;
 use partyroom_room::{LocateError, Located, Owner};
 
+use crate::byte_relay::{self, RawUpstream};
+use crate::handshake::Handshake;
 use crate::http_client::BaseUrl;
 use crate::path::RoomPath;
-use crate::relay::{self, HeaderPolicy, RELAY_HEADER, RelayLimits, Upstream};
-use crate::server::{ConnPermit, Shared, json_error, read_body, serve_here};
+use crate::relay::{self, HeaderPolicy, RELAY_HEADER, RelayLimits};
+use crate::server::{ConnPermit, Shared, handshake_refusal, json_error, read_body, serve_here};
 
 /// The header of a `503` that says "not here (any more): ask again where the room is".
 pub const MOVED_HEADER: &str = "x-partyroom-moved";
@@ -133,37 +135,40 @@ pub(crate) async fn relay_to_owner(
             return json_error(StatusCode::BAD_GATEWAY, "Error forwarding request");
         };
         if websocket {
-            let url = format!("{}{path_and_query}", base.ws());
-            match relay::connect_upstream(
-                &limits,
+            match byte_relay::connect(
+                &base,
+                &path_and_query,
                 &parts.headers,
-                &url,
                 &extra,
-                HeaderPolicy::Trusted,
+                limits.request_timeout,
             )
             .await
             {
-                Upstream::Open(upstream) => {
+                RawUpstream::Open(upstream, sent) => {
+                    let handshake = match Handshake::check(&mut parts) {
+                        Ok(h) => h,
+                        Err(e) => return handshake_refusal(e),
+                    };
                     let permit = parts
                         .extensions
                         .get::<ConnPermit>()
                         .and_then(ConnPermit::take);
-                    let tasks = shared.tasks.clone();
-                    return relay::accept_and_relay(
-                        &mut parts,
-                        *upstream,
-                        limits,
-                        shared.shutdown.clone(),
-                        move |relaying| {
-                            tasks.spawn(relaying);
-                        },
-                        move || drop(permit),
-                    )
-                    .await;
+                    let response = handshake.response();
+                    let on_upgrade = handshake.on_upgrade;
+                    let shutdown = shared.shutdown.clone();
+                    shared.tasks.spawn(async move {
+                        let _permit = permit;
+                        let Ok(client) = on_upgrade.await else {
+                            return;
+                        };
+                        byte_relay::run(client, upstream, sent, shutdown, limits.write_timeout)
+                            .await;
+                    });
+                    return response;
                 }
-                Upstream::Refused(r) if !is_moved(&r) => return r,
-                Upstream::Refused(_) => {}
-                Upstream::Failed(e) => {
+                RawUpstream::Refused(r) if !is_moved(&r) => return r,
+                RawUpstream::Refused(_) => {}
+                RawUpstream::Failed(e) => {
                     tracing::debug!(node = owner.node, error = %e, "owner unreachable");
                 }
             }
