@@ -609,6 +609,45 @@ mod tests {
         );
     }
 
+    /// A client that stops reading while the owner keeps sending: the relay gives up after
+    /// the write timeout and closes the owner's socket, instead of buffering or hanging.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+        let (_client_side, relay_client) = tokio::io::duplex(4096);
+        let (mut upstream_side, relay_up) = tokio::io::duplex(4096);
+        let started = std::time::Instant::now();
+        let relay = tokio::spawn(pump(
+            relay_client,
+            Bytes::new(),
+            relay_up,
+            Bytes::new(),
+            CancellationToken::new(),
+            Duration::from_millis(200),
+        ));
+        // The owner floods text frames; the client side is never read.
+        let flood = tokio::spawn(async move {
+            let f = frame(1, 1000, false);
+            let mut sent = 0usize;
+            while upstream_side.write_all(&f).await.is_ok() {
+                sent += 1;
+                if sent > 100_000 {
+                    break;
+                }
+            }
+            sent
+        });
+        tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay ends")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let sent = tokio::time::timeout(Duration::from_secs(5), flood)
+            .await
+            .expect("the owner's writes fail once the relay is gone")
+            .unwrap();
+        assert!(sent < 100, "only a few frames fit in the buffers: {sent}");
+    }
+
     /// An owner that goes away without a close frame: the client gets 1012.
     #[tokio::test]
     async fn a_lost_upstream_closes_the_client_with_1012() {

@@ -832,6 +832,26 @@ async fn forged_relay_header_is_refused() {
         let ws = ws_handshake_status(port, room, "plain", &[]).await.unwrap();
         assert_eq!(ws, 101, "plain WebSocket upgrade on {id}");
     }
+    // A broken handshake is refused the same through the owner and through the relay (the
+    // room lives on one of the two nodes now).
+    for (id, port) in cluster.live() {
+        let no_key = http(
+            port,
+            "GET",
+            &format!("/parties/main/{room}?id=broken"),
+            &[
+                ("upgrade", "websocket"),
+                ("connection", "upgrade"),
+                ("sec-websocket-version", "13"),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            no_key.status, 400,
+            "upgrade without a key on {id}: {no_key:?}"
+        );
+    }
     // The right secret is not refused (wherever the room lives).
     let (id, port) = cluster.live()[0].clone();
     let relayed = http(port, "GET", &path, &[(RELAY_HEADER, SECRET)])
