@@ -246,7 +246,7 @@ async fn sigstop_owner_is_fenced() {
     let a_move = on_a.step(ACK_WITHIN).await.unwrap();
     // Saved before the freeze (an acknowledgement comes before its write commits; a write
     // frozen halfway is ended by the database and lost, as a crash would lose it).
-    stored_eventually(&pg, room, &on_a.pid().to_owned(), a_move).await;
+    stored_eventually(&pg, room, on_a.pid(), a_move).await;
 
     cluster.node(&a).stop();
     let stopped_at = Instant::now();
