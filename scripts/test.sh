@@ -63,7 +63,7 @@ SHARDS_BIN="$PWD/target/debug/shards"
 export SHARDS_BIN
 (cd tests/compat && npm ci --silent --no-audit --no-fund && node --test --test-concurrency=1 test/*.test.mjs)
 
-step "browser: two headless Chromium pages"
+step "browser: two headless Chromium pages, and the monitor page"
 (cd tests/browser && npm ci --silent --no-audit --no-fund && node --test --test-concurrency=1 ./*.test.mjs)
 
 # WebSocket conformance: Autobahn|Testsuite's fuzzing client (tests/autobahn, installed into

@@ -35,6 +35,7 @@ mod config;
 mod fenced_storage;
 mod forward;
 mod handoff;
+pub mod metrics;
 pub mod ownership;
 mod status;
 mod upkeep;

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
 use crate::fenced_storage::FencedStorage;
+use crate::metrics::{LEASE_CLAIMS, LEASES_HELD, LEASES_LOST, LEASES_RELEASED};
 use crate::{ClusterError, forward, handoff, status, upkeep};
 
 /// How often a room whose owner is gone (lease live, node silent) is asked for again.
@@ -108,9 +109,14 @@ impl Inner {
     /// Forget a lease that is over and stop the room's instance here (no save: it may have
     /// another owner already).
     pub(crate) async fn lost(&self, room: &RoomKey, why: &str) {
-        let had = self.lock_held().remove(room).is_some();
+        let (had, held) = {
+            let mut all = self.lock_held();
+            (all.remove(room).is_some(), all.len())
+        };
         if had {
             tracing::warn!(party = %room.party, room = %room.room, why, "lease lost; room dropped");
+            metrics::counter!(LEASES_LOST, "why" => why.to_owned()).increment(1);
+            metrics::gauge!(LEASES_HELD).set(held as f64);
         }
         if let Some(rooms) = self.rooms() {
             rooms.evict(&room.party, &room.room).await;
@@ -185,6 +191,7 @@ impl Inner {
             .map_err(db)?
         {
             tracing::debug!(party = %room.party, room = %room.room, epoch = lease.epoch, "room claimed");
+            metrics::counter!(LEASE_CLAIMS).increment(1);
             self.lock_held().insert(
                 room.clone(),
                 Held {
@@ -242,6 +249,7 @@ impl Inner {
             let every = self.config.renew_every();
             match tokio::time::timeout(every, self.leases.release(&held.lease)).await {
                 Ok(Ok(_)) => {
+                    metrics::counter!(LEASES_RELEASED).increment(1);
                     tracing::debug!(party = %room.party, room = %room.room, "lease released");
                 }
                 Ok(Err(e)) => {
@@ -384,6 +392,8 @@ impl Cluster {
         .await
         .unwrap_or_default();
         let failed = held.len() - released.iter().filter(|r| r.is_ok()).count();
+        metrics::counter!(LEASES_RELEASED).increment((held.len() - failed) as u64);
+        metrics::gauge!(LEASES_HELD).set(0.0);
         match tokio::time::timeout(ttl, self.inner.members.leave(&self.inner.config.node_id)).await
         {
             Ok(Ok(_)) => {}

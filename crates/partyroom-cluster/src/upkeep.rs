@@ -8,6 +8,8 @@ use futures_util::StreamExt;
 use partyroom_room::storage::RoomKey;
 use tokio::time::Instant;
 
+use crate::metrics::{HEARTBEAT_FAILURES, LEASES_HELD, RENEWAL_FAILURES};
+
 use crate::ownership::Inner;
 
 /// How often leases are checked against the local clock (see `ownership`): a room whose
@@ -70,8 +72,14 @@ async fn heartbeat(inner: &Inner) {
     let beat = inner.members.heartbeat(&c.node_id, &c.advertise_url);
     match tokio::time::timeout(c.renew_every(), beat).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cluster heartbeat failed"),
-        Err(_) => tracing::warn!("cluster heartbeat timed out"),
+        Ok(Err(e)) => {
+            metrics::counter!(HEARTBEAT_FAILURES).increment(1);
+            tracing::warn!(error = %e, "cluster heartbeat failed");
+        }
+        Err(_) => {
+            metrics::counter!(HEARTBEAT_FAILURES).increment(1);
+            tracing::warn!("cluster heartbeat timed out");
+        }
     }
 }
 
@@ -97,6 +105,7 @@ async fn renew(inner: &Inner) {
     for room in idle {
         inner.release_if_unloaded(&room).await;
     }
+    metrics::gauge!(LEASES_HELD).set(inner.lock_held().len() as f64);
     let ttl = inner.config.lease_ttl;
     let trusted_for = inner.config.trusted_for();
     let every = inner.config.renew_every();
@@ -119,9 +128,13 @@ async fn renew(inner: &Inner) {
             Ok(Ok(None)) => inner.lost(&lease.room, "lease taken over").await,
             // The database is unreachable: keep serving until the lease is no longer trusted.
             Ok(Err(e)) => {
+                metrics::counter!(RENEWAL_FAILURES).increment(1);
                 tracing::warn!(room = %lease.room.room, error = %e, "lease renewal failed");
             }
-            Err(_) => tracing::warn!(room = %lease.room.room, "lease renewal timed out"),
+            Err(_) => {
+                metrics::counter!(RENEWAL_FAILURES).increment(1);
+                tracing::warn!(room = %lease.room.room, "lease renewal timed out");
+            }
         }
     }
 }

@@ -62,7 +62,12 @@ impl<R: Room> RoomFactory for RoomType<R> {
             self.handlers.clone(),
             persist,
         );
-        tokio::spawn(actor.run(rx, Unload::new(spawn.live, tx)));
+        // Every event of the room's task carries `room{party, room}`.
+        let span = tracing::info_span!("room", party = %spawn.party, room = %spawn.id);
+        tokio::spawn(tracing::Instrument::instrument(
+            actor.run(rx, Unload::new(spawn.live, tx)),
+            span,
+        ));
         handle
     }
 }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 /// may reference its own top-level module and modules of strictly lower layers; the crate root
 /// is above everything. Modules listed here that do not exist (yet) are fine.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "config", "pattern", "storage"],
+    &["clock", "config", "metrics", "pattern", "storage"],
     &["protocol"],
     &["connection"],
     &["session"],

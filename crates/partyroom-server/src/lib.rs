@@ -26,9 +26,12 @@ mod handshake;
 pub mod http_client;
 mod listener;
 mod low_water;
+pub mod metrics;
+pub mod monitor;
 mod outbox;
 mod owner_relay;
 pub mod path;
+pub mod prometheus;
 pub mod relay;
 mod server;
 

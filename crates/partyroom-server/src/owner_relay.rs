@@ -26,6 +26,7 @@ use partyroom_room::{LocateError, Located, Owner};
 use crate::byte_relay::{self, RawUpstream};
 use crate::handshake::Handshake;
 use crate::http_client::BaseUrl;
+use crate::metrics::{OpenGuard, Refusal};
 use crate::path::RoomPath;
 use crate::relay::{self, HeaderPolicy, RELAY_HEADER, RelayLimits};
 use crate::server::{ConnPermit, Shared, handshake_refusal, json_error, read_body, serve_here};
@@ -45,8 +46,12 @@ pub(crate) async fn locate(
     match shared.rooms.locate(&path.party, &path.room).await {
         Ok(Located::Elsewhere(_)) if relayed_in => Err(moved()),
         Ok(located) => Ok(located),
-        Err(LocateError::Lookup(_)) => Err(json_error(StatusCode::NOT_FOUND, "Not found")),
+        Err(LocateError::Lookup(_)) => {
+            shared.metrics.refused(Refusal::NotFound);
+            Err(json_error(StatusCode::NOT_FOUND, "Not found"))
+        }
         Err(e) => {
+            shared.metrics.refused(Refusal::Unavailable);
             tracing::warn!(room = %path.room, error = %e, "cannot place room");
             Err(json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -156,8 +161,11 @@ pub(crate) async fn relay_to_owner(
                     let response = handshake.response();
                     let on_upgrade = handshake.on_upgrade;
                     let shutdown = shared.shutdown.clone();
+                    shared.metrics.relayed_sockets.increment(1);
+                    let open = shared.metrics.relayed_sockets_open.clone();
                     shared.tasks.spawn(async move {
                         let _permit = permit;
+                        let _open = OpenGuard::new(&open);
                         let Ok(client) = on_upgrade.await else {
                             return;
                         };
@@ -173,6 +181,7 @@ pub(crate) async fn relay_to_owner(
                 }
             }
         } else {
+            shared.metrics.relayed_requests.increment(1);
             match relay::relay_http(
                 &limits,
                 &parts,

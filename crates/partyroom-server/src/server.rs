@@ -17,7 +17,9 @@ use partyroom_room::{
     Rooms,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
+
+use crate::metrics::{CountedPermit, OpenGuard, Refusal, ServerMetrics};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -142,6 +144,7 @@ pub(crate) struct Shared {
     connections: Arc<Semaphore>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    pub(crate) metrics: ServerMetrics,
 }
 
 /// A partyroom server over a set of [`Rooms`].
@@ -163,10 +166,10 @@ pub struct Server {
 /// extensions: an upgrade takes it along into the WebSocket's task, so that a connection is
 /// counted once from `accept` to its end.
 #[derive(Clone)]
-pub(crate) struct ConnPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub(crate) struct ConnPermit(Arc<Mutex<Option<CountedPermit>>>);
 
 impl ConnPermit {
-    pub(crate) fn take(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn take(&self) -> Option<CountedPermit> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -200,6 +203,7 @@ impl Server {
                 config,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                metrics: ServerMetrics::new(),
             }),
             extra: Router::new(),
         }
@@ -257,9 +261,11 @@ impl Server {
             };
             let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
                 tracing::debug!("connection refused: max_connections reached");
+                self.shared.metrics.refused(Refusal::TooMany);
                 let _ = tcp.try_write(TOO_MANY_CONNECTIONS);
                 continue;
             };
+            let permit = CountedPermit::new(permit, &self.shared.metrics.connections_open);
             // Small frames must leave at once: Nagle's algorithm would hold them for up to
             // 40 ms.
             let _ = tcp.set_nodelay(true);
@@ -405,7 +411,10 @@ async fn upgrade(
     let (mut parts, _) = request.into_parts();
     let handshake = match Handshake::check(&mut parts) {
         Ok(h) => h,
-        Err(e) => return handshake_refusal(e),
+        Err(e) => {
+            shared.metrics.refused(Refusal::Handshake);
+            return handshake_refusal(e);
+        }
     };
     // Served by `serve`, the connection's own permit goes on with the WebSocket; under any
     // other server, the WebSocket needs one of its own.
@@ -413,8 +422,11 @@ async fn upgrade(
     let own_permit = match &counted {
         Some(_) => None,
         None => match shared.connections.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => return json_error(StatusCode::SERVICE_UNAVAILABLE, "Too many connections"),
+            Ok(p) => Some(CountedPermit::new(p, &shared.metrics.connections_open)),
+            Err(_) => {
+                shared.metrics.refused(Refusal::TooMany);
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, "Too many connections");
+            }
         },
     };
     let query: Vec<(String, String)> = parts
@@ -459,6 +471,7 @@ async fn upgrade(
                 break;
             }
             Err(ConnectError::Refused(refusal)) => {
+                shared.metrics.refused(Refusal::Guard);
                 return json_error(refusal.status, &refusal.reason);
             }
             Err(_) => match shared.rooms.locate(&path.party, &path.room).await {
@@ -468,50 +481,67 @@ async fn upgrade(
         }
     }
     if !admitted {
+        shared.metrics.refused(Refusal::Unavailable);
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Room unavailable");
     }
     let Some(permit) = own_permit.or_else(|| counted.and_then(|c| c.take())) else {
+        shared.metrics.refused(Refusal::TooMany);
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "Too many connections");
     };
     let shared2 = shared.clone();
     let response = handshake.response();
     let on_upgrade = handshake.on_upgrade;
     // Its own task, tracked for graceful shutdown: the HTTP connection's task ends with the
-    // upgrade.
-    shared.tasks.spawn(async move {
-        let _permit = permit;
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let (reader, writer) = socket_parts(upgraded, &outbox, &shared2.config);
-        let retry = Retry {
-            session_id,
-            query,
-            headers,
-            sink,
-            path,
-        };
-        // The connect request's parts (headers, query) are freed once the client is in: the
-        // task keeps only what its connection needs, for as long as it lives.
-        let joined = join(&shared2, room, first, retry).await;
-        let (room, conn) = match joined {
-            Ok(joined) => joined,
-            Err(refused) => {
-                connection::refuse(writer, &outbox, refused.close_frame()).await;
+    // upgrade. Its events carry `connection{party, room, conn}` (`conn` once joined; the
+    // room's `joined` event pairs it with the public user id).
+    let span = tracing::info_span!(
+        "connection",
+        party = %path.party,
+        room = %path.room,
+        conn = tracing::field::Empty
+    );
+    shared.tasks.spawn(tracing::Instrument::instrument(
+        async move {
+            let _permit = permit;
+            let Ok(upgraded) = on_upgrade.await else {
                 return;
-            }
-        };
-        let config = &shared2.config;
-        connection::run(Connection {
-            reader,
-            writer,
-            outbox,
-            peer: RoomPeer::new(room, conn, config.max_messages_per_second),
-            shutdown: shared2.shutdown.clone(),
-            limits: Limits::of(config),
-        })
-        .await;
-    });
+            };
+            let (reader, writer) = socket_parts(upgraded, &outbox, &shared2.config);
+            shared2.metrics.room_sockets.increment(1);
+            let _open = OpenGuard::new(&shared2.metrics.room_sockets_open);
+            let retry = Retry {
+                session_id,
+                query,
+                headers,
+                sink,
+                path,
+            };
+            // The connect request's parts (headers, query) are freed once the client is in: the
+            // task keeps only what its connection needs, for as long as it lives.
+            let joined = join(&shared2, room, first, retry).await;
+            let (room, conn) = match joined {
+                Ok(joined) => joined,
+                Err(refused) => {
+                    connection::refuse(writer, &outbox, refused.close_frame()).await;
+                    return;
+                }
+            };
+            tracing::Span::current().record("conn", conn);
+            tracing::debug!("connected");
+            let config = &shared2.config;
+            connection::run(Connection {
+                reader,
+                writer,
+                outbox,
+                peer: RoomPeer::new(room, conn, config.max_messages_per_second),
+                shutdown: shared2.shutdown.clone(),
+                limits: Limits::of(config),
+            })
+            .await;
+            tracing::debug!("disconnected");
+        },
+        span,
+    ));
     response
 }
 

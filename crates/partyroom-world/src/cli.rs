@@ -118,6 +118,15 @@ pub struct Args {
     /// at start; each connection uses one descriptor) and the kernel's accept queue.
     #[arg(long, env = "PARTYROOM_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+    /// Serve Prometheus metrics at `GET /metrics` (rooms, connections, world assignments,
+    /// cluster leases).
+    #[arg(long)]
+    pub metrics: bool,
+    /// Serve the monitor page at `/monitor` (rooms, users, state; disconnect a user) to
+    /// holders of an admin token for all worlds (`worlds: ["*"]`), as `?token=` or
+    /// `Authorization: Bearer`. Needs the world role.
+    #[arg(long)]
+    pub monitor: bool,
     /// World of shard ids that name none (also `WORLD_ID`, `SIGNE_WORLD_ID`).
     #[arg(long)]
     pub world_id: Option<String>,
@@ -229,6 +238,15 @@ pub async fn serve_on(
     let roles = Roles::of(&args.role);
     let together = roles.together();
     let clustered = args.cluster.enabled();
+    // Before anything takes its metric handles.
+    let prometheus = if args.metrics {
+        let p = partyroom_server::prometheus::Prometheus::install()?;
+        crate::metrics::describe();
+        partyroom_cluster::metrics::describe();
+        Some(p)
+    } else {
+        None
+    };
     if clustered && !(roles.world || roles.rooms) {
         bail!("--cluster needs the world or rooms role: a gateway alone is no cluster node");
     }
@@ -345,6 +363,27 @@ pub async fn serve_on(
     }
     let health = Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
     let mut extra = health;
+    if let Some(p) = &prometheus {
+        extra = extra.merge(p.router());
+    }
+    if args.monitor {
+        let Some(config) = world_config.clone() else {
+            bail!("--monitor needs the world role: its admin tokens open the monitor");
+        };
+        let auth: partyroom_server::monitor::MonitorAuth = Arc::new(move |headers, query| {
+            let Some(token) = partyroom_server::monitor::bearer_token(headers, query) else {
+                return false;
+            };
+            let mut h = http::HeaderMap::new();
+            match http::HeaderValue::from_str(&format!("Bearer {token}")) {
+                Ok(v) => h.insert(http::header::AUTHORIZATION, v),
+                Err(_) => return false,
+            };
+            auth::authorize_admin(&config, "*", &h, &[]).is_ok()
+        });
+        let monitor = partyroom_server::monitor::Monitor::with_auth(rooms.clone(), auth);
+        extra = extra.merge(monitor.router());
+    }
     if let Some(gw) = &gateway {
         extra = extra.merge(gw.router()).merge(app.pages);
     }

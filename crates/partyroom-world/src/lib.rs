@@ -32,6 +32,16 @@ pub use partyroom_server::http_client;
 pub mod model;
 mod world;
 
+/// The world's metrics (see `partyroom_server::prometheus`).
+///
+/// | name | type | labels | what |
+/// |---|---|---|---|
+/// | `partyroom_world_assignments_total` | counter | `result` | `POST connect` answers: `assigned`, `refused` |
+/// | `partyroom_world_shards` | gauge | `world` | shards a world holds, as of its last `connect` |
+pub mod metrics {
+    pub use crate::world::{WORLD_ASSIGNMENTS, WORLD_SHARDS, describe_metrics as describe};
+}
+
 pub use config::{DEFAULT_MAX_CONNECTIONS, WorldConfig};
 pub use gateway::{GatewayConfig, ShardGateway};
 pub use model::{RoomEntry, ShardId, ShardInfo, ShardStatus, Strategy};

@@ -680,7 +680,15 @@ impl World {
         let auto_create = value.get("autoCreate").is_none_or(truthy);
         let now = now_ms();
         self.maybe_cleanup(now);
-        match self.connect(&room, auto_create, now, cx.rng()) {
+        let assigned = self.connect(&room, auto_create, now, cx.rng());
+        metrics::counter!(
+            WORLD_ASSIGNMENTS,
+            "result" => if assigned.is_ok() { "assigned" } else { "refused" }
+        )
+        .increment(1);
+        metrics::gauge!(WORLD_SHARDS, "world" => self.world_id.clone())
+            .set(self.shards.len() as f64);
+        match assigned {
             Ok(shard_id) => {
                 let url = self
                     .shards
@@ -691,6 +699,18 @@ impl World {
             Err(e) => e.response(),
         }
     }
+}
+
+/// `partyroom_world_assignments_total{result}`: `POST connect` answers, `assigned` or
+/// `refused` (no room, no capacity, bad request).
+pub const WORLD_ASSIGNMENTS: &str = "partyroom_world_assignments_total";
+/// `partyroom_world_shards{world}`: shards a world holds, as of its last `connect`.
+pub const WORLD_SHARDS: &str = "partyroom_world_shards";
+
+/// Describe the world's metrics to the installed recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(WORLD_ASSIGNMENTS, "World connect requests, by result");
+    metrics::describe_gauge!(WORLD_SHARDS, "Shards of a world");
 }
 
 /// JavaScript truthiness of a JSON value.

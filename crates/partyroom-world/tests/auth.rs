@@ -6,9 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use partyroom_world::auth::{Claims, now_secs, sign};
+use partyroom_world::http_client;
 use serde_json::json;
 use support::*;
 
@@ -332,4 +333,69 @@ async fn admin_websockets_need_a_token() {
     admin_ws
         .wait_for("the removal", |v| v["value"]["shards"][&shard] == "$delete")
         .await;
+}
+
+/// `--monitor`: opened by an admin token for all worlds only; it lists the world rooms. And
+/// `--metrics` counts the world's assignments.
+#[tokio::test]
+async fn monitor_needs_an_all_worlds_token_and_metrics_count_assignments() {
+    let p = Proc::spawn(&["--monitor", "--metrics"]);
+    connect(&p, "world-default", "lobby").await;
+    let rooms = "/monitor/api/rooms";
+    let (status, _) = request(&p, Method::GET, rooms, None, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "no token");
+    let (status, _) = request(&p, Method::GET, rooms, None, &admin("world-default")).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a token for one world only"
+    );
+    let (status, _) = request(&p, Method::GET, rooms, None, &bearer("not.a.jwt")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a forged token");
+    let all = admin("*");
+    let (status, body) = request(&p, Method::GET, rooms, None, &all).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed: Vec<String> = body["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["party"].as_str().unwrap(),
+                r["room"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        listed.contains(&"world/world-default".to_owned()),
+        "{listed:?}"
+    );
+    let (status, world) = request(
+        &p,
+        Method::GET,
+        "/monitor/api/rooms/world/world-default",
+        None,
+        &all,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(world["state"]["rooms"]["lobby"].is_object(), "{world}");
+
+    let r = http_client::send(
+        &p.base,
+        Method::GET,
+        "/metrics",
+        HeaderMap::new(),
+        bytes::Bytes::new(),
+        Duration::from_secs(10),
+        1 << 20,
+    )
+    .await
+    .expect("GET /metrics");
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains("partyroom_world_assignments_total{result=\"assigned\"} 1"),
+        "{text}"
+    );
 }

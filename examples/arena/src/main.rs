@@ -70,6 +70,17 @@ struct Args {
     /// server runs on tokio's single-threaded runtime, which wakes up for less.
     #[arg(long, env = "PARTYROOM_THREADS")]
     threads: Option<usize>,
+    /// Serve Prometheus metrics at `GET /metrics` on the main port.
+    #[arg(long)]
+    metrics: bool,
+    /// Serve Prometheus metrics at `GET /metrics` on this address of their own (an admin
+    /// port, e.g. `127.0.0.1:9464`), instead of or besides the main port.
+    #[arg(long, env = "PARTYROOM_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the monitor page at `/monitor` (rooms, users, state; disconnect a user), for
+    /// requests with this token (`/monitor?token=…` or `Authorization: Bearer …`).
+    #[arg(long, env = "PARTYROOM_MONITOR_TOKEN", hide_env_values = true)]
+    monitor_token: Option<String>,
 }
 
 /// mimalloc: the room's hot path allocates small, short-lived buffers (a read chunk per
@@ -104,6 +115,26 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
+    // Before anything takes its metric handles.
+    let prometheus = if args.metrics || args.metrics_addr.is_some() {
+        let p = partyroom::server::prometheus::Prometheus::install()?;
+        partyroom::cluster::metrics::describe();
+        Some(p)
+    } else {
+        None
+    };
+    if let (Some(p), Some(addr)) = (&prometheus, args.metrics_addr) {
+        let admin = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        let router = p.router();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin, router).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
     let listener = partyroom::server::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -134,7 +165,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     if cluster.is_none() && !args.memory {
         tracing::info!(db = %args.db, "rooms are saved to SQLite");
     }
-    let served = partyroom_arena::server(&options)
+    let mut server = partyroom_arena::server(&options);
+    if let (Some(p), true) = (&prometheus, args.metrics) {
+        server = server.merge(p.router());
+    }
+    if let Some(token) = args.monitor_token.filter(|t| !t.is_empty()) {
+        let monitor =
+            partyroom::server::monitor::Monitor::with_token(server.rooms().clone(), token);
+        server = server.merge(monitor.router());
+        tracing::info!("monitor at http://{addr}/monitor?token=…");
+    }
+    let served = server
         .serve(listener, partyroom::server::shutdown_signal())
         .await;
     // The rooms are saved (or the server failed): hand their leases over either way.

@@ -129,6 +129,8 @@ impl<R: Room> RoomActor<R> {
         self.flush_or_defer();
         let conn = Conn::new(info, out);
         self.conns.insert(conn_id, conn);
+        self.metrics.joined.increment(1);
+        tracing::debug!(user = %public_id, conn = conn_id, "joined");
         if !self.auto_sync {
             self.pending_initial.push(conn_id);
         } else if self.in_batch && self.effects.is_empty() {
@@ -147,6 +149,8 @@ impl<R: Room> RoomActor<R> {
         let Some(conn) = self.conns.shift_remove(&conn_id) else {
             return;
         };
+        self.metrics.left.increment(1);
+        tracing::debug!(user = %conn.info.public_id, conn = conn_id, "left");
         self.held_reads.forget(&conn.reads);
         self.pending_initial.retain(|c| *c != conn_id);
         self.batch_initial.retain(|c| *c != conn_id);
@@ -197,6 +201,7 @@ impl<R: Room> RoomActor<R> {
             if let Some(conn) = self.conns.get_mut(&id) {
                 tracing::warn!(room = %self.id, conn = id, "closing a client that does not read");
                 conn.close(CloseFrame::too_slow());
+                self.metrics.slow_closes.increment(1);
                 self.on_disconnect(id);
             }
         }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::RoomActor;
 use crate::connection::request::ConnId;
 use crate::handlers::context::{Cx, HttpCx};
+use crate::metrics::ActionOutcome;
 use crate::protocol::http::{RoomRequest, RoomResponse};
 use crate::protocol::inbound::{Rejection, check_size, parse_envelope};
 use crate::room::Room;
@@ -22,19 +23,42 @@ impl<R: Room> RoomActor<R> {
             let window = self.sync.windows();
             self.held_reads.consider(conn, window, &*self.clock);
         }
-        if let Err(rejection) = self.run_action(conn_id, text) {
-            tracing::debug!(room = %self.id, conn = conn_id, %rejection, "message dropped");
-        }
+        self.counts.messages += 1;
+        self.metrics.messages.increment(1);
+        self.metrics.message_bytes.increment(text.len() as u64);
+        // `user{user, conn}` on what the message causes (a disabled level costs one check).
+        let span = if tracing::enabled!(tracing::Level::DEBUG)
+            && let Some(conn) = self.conns.get(&conn_id)
+        {
+            tracing::debug_span!("user", user = %conn.info.public_id, conn = conn_id)
+        } else {
+            tracing::Span::none()
+        };
+        let _entered = span.enter();
+        let outcome = match self.run_action(conn_id, text) {
+            Ok(outcome) => outcome,
+            Err(rejection) => {
+                tracing::debug!(room = %self.id, conn = conn_id, %rejection, "message dropped");
+                match rejection {
+                    Rejection::Malformed(_) => ActionOutcome::Malformed,
+                    Rejection::UnknownAction(_) => ActionOutcome::Unknown,
+                    Rejection::InvalidValue(_) | Rejection::Validation(_) => ActionOutcome::Invalid,
+                    Rejection::Guard => ActionOutcome::Refused,
+                    Rejection::TooLarge(_) => ActionOutcome::TooLarge,
+                }
+            }
+        };
+        self.metrics.action(outcome);
         // Messages and sync switches must follow the changes made before them: with any,
         // this flushes now.
         self.flush_or_defer();
         self.after_handler();
     }
 
-    fn run_action(&mut self, conn_id: ConnId, text: &[u8]) -> Result<(), Rejection> {
+    fn run_action(&mut self, conn_id: ConnId, text: &[u8]) -> Result<ActionOutcome, Rejection> {
         check_size(text, self.config.max_message_bytes)?;
         let Some(conn) = self.conns.get(&conn_id) else {
-            return Ok(());
+            return Ok(ActionOutcome::Ok);
         };
         let info = conn.info.clone();
         let envelope = parse_envelope(text)?;
@@ -87,15 +111,16 @@ impl<R: Room> RoomActor<R> {
             }
         }));
         match outcome {
-            Ok(result) => result,
+            Ok(result) => result.map(|()| ActionOutcome::Ok),
             Err(_) => {
                 tracing::error!(room = %self.id, action, "action handler panicked");
-                Ok(())
+                Ok(ActionOutcome::Panicked)
             }
         }
     }
 
     pub(super) fn on_request(&mut self, req: &RoomRequest) -> RoomResponse {
+        self.metrics.requests.increment(1);
         if req.method == Method::OPTIONS {
             return RoomResponse::json(StatusCode::OK, &json!({}));
         }

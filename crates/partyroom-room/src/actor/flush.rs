@@ -48,6 +48,7 @@ impl<R: Room> RoomActor<R> {
     /// `apply_sync` while automatic sync is off. The changed rows are marked for storage.
     pub(super) fn flush_state(&mut self) {
         self.unflushed = false;
+        let started = std::time::Instant::now();
         let flush = self.tracker.flush();
         self.persist.rows_changed(
             flush.persist.rows(),
@@ -62,6 +63,7 @@ impl<R: Room> RoomActor<R> {
                 for ready in self.sync.push(patch, at) {
                     self.send_patch_except(&ready, &joined);
                 }
+                self.metrics.flush.record(started.elapsed().as_secs_f64());
             } else {
                 match self.manual_pending.last_mut() {
                     Some(last) if partyroom_state::patch::can_merge(last, &patch) => {
@@ -159,6 +161,7 @@ impl<R: Room> RoomActor<R> {
     pub(super) fn deliver(&mut self, to: Option<ConnId>, envelope: Option<&Value>, frame: Bytes) {
         let state = self.tracker.state();
         let interceptor = self.handlers.interceptor.as_ref();
+        let (mut frames, mut bytes) = (0u64, 0u64);
         let mut push = |id: ConnId, conn: &Conn| {
             let out = match (interceptor, envelope) {
                 (Some(i), Some(env)) => {
@@ -174,6 +177,8 @@ impl<R: Room> RoomActor<R> {
                 }
                 _ => frame.clone(),
             };
+            frames += 1;
+            bytes += out.len() as u64;
             if conn.push(out) == Push::Full {
                 self.slow.push(id);
             }
@@ -190,5 +195,8 @@ impl<R: Room> RoomActor<R> {
                 }
             }
         }
+        self.counts.frames += frames;
+        self.metrics.frames.increment(frames);
+        self.metrics.frame_bytes.increment(bytes);
     }
 }

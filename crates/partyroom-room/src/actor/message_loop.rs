@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use super::RoomActor;
 use crate::mailbox::directory::Unload;
 use crate::mailbox::message::RoomMsg;
+use crate::metrics::StopReason;
 use crate::protocol::close::CloseFrame;
 use crate::room::Room;
 
@@ -20,13 +21,17 @@ impl<R: Room> RoomActor<R> {
             // Never serve (and later overwrite) a room whose stored state could not be read:
             // stop; the next request starts a new instance that tries again.
             tracing::error!(room = %self.id, %err, "cannot restore room state");
+            self.metrics.started();
+            self.metrics.stopped(StopReason::RestoreFailed);
             mailbox.close();
             return;
         }
+        self.metrics.started();
         // Expire what is overdue right away.
         self.on_timer(false);
         let mut shutdown: Option<oneshot::Sender<()>> = None;
         let mut lost = false;
+        let mut stop = StopReason::Unloaded;
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
@@ -57,6 +62,7 @@ impl<R: Room> RoomActor<R> {
                         conn.close(CloseFrame::going_away());
                     }
                     let _ = reply.send(());
+                    stop = StopReason::Shutdown;
                     break;
                 }
                 shutdown = Some(reply);
@@ -65,6 +71,14 @@ impl<R: Room> RoomActor<R> {
                 break;
             }
         }
+        if lost {
+            stop = if self.evicted {
+                StopReason::Evicted
+            } else {
+                StopReason::Fenced
+            };
+        }
+        self.metrics.stopped(stop);
         let close = if lost {
             // Out of the directory at once, whatever waits in the mailbox.
             unload.remove(&self.id);
@@ -180,6 +194,15 @@ impl<R: Room> RoomActor<R> {
             RoomMsg::Run(run) => self.on_run(run),
             RoomMsg::TransferIn(t) => self.transfer_in(t),
             RoomMsg::Evict => self.evicted = true,
+            RoomMsg::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            RoomMsg::Inspect(reply) => {
+                let _ = reply.send(self.inspection());
+            }
+            RoomMsg::DisconnectUser(user, reply) => {
+                let _ = reply.send(self.disconnect_user(&user));
+            }
         }
         self.drop_slow();
         self.idle_since = if self.conns.is_empty() {

@@ -25,6 +25,8 @@
 use std::sync::Arc;
 
 use partyroom_state::Tracker;
+
+use crate::metrics::RoomMetrics;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -67,6 +69,7 @@ mod dispatch;
 mod effects;
 mod flush;
 pub(crate) mod held_reads;
+mod inspect;
 mod message_loop;
 mod parked_connects;
 pub(crate) mod persist;
@@ -115,6 +118,19 @@ pub(crate) struct RoomActor<R: Room> {
     idle_since: Option<Instant>,
     /// Connections waiting for the session handoff their transfer token names.
     parked: ParkedConnects,
+    /// This instance's metric handles.
+    metrics: RoomMetrics,
+    /// This instance's own counts (the monitor's).
+    counts: InstanceCounts,
+}
+
+/// What an instance has done since it started.
+#[derive(Debug, Default, Clone, Copy)]
+struct InstanceCounts {
+    /// Client messages handled.
+    messages: u64,
+    /// Frames queued for clients.
+    frames: u64,
 }
 
 /// Identity and surroundings of a room instance.
@@ -130,7 +146,7 @@ pub(crate) struct ActorIds {
 }
 
 impl<R: Room> RoomActor<R> {
-    pub(crate) fn new(ids: ActorIds, handlers: Arc<Handlers<R>>, persist: Persistence) -> Self {
+    pub(crate) fn new(ids: ActorIds, handlers: Arc<Handlers<R>>, mut persist: Persistence) -> Self {
         let ActorIds {
             party,
             id,
@@ -142,7 +158,11 @@ impl<R: Room> RoomActor<R> {
             me,
         } = ids;
         let state = R::init(&id, &params);
+        let metrics = RoomMetrics::new(&party);
+        persist.set_metrics(metrics.storage.clone());
         Self {
+            metrics,
+            counts: InstanceCounts::default(),
             persist,
             idle_since: Some(clock.now()),
             parked: ParkedConnects::default(),

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
+use crate::metrics::StorageMetrics;
 use crate::session::lifecycle::Sessions;
 use crate::session::transfer::Transfers;
 use crate::storage::{Batch, RoomKey, Storage, StorageError, escape_segment, unescape_segment};
@@ -57,6 +58,7 @@ pub(crate) struct Persistence {
     failures: u32,
     done_tx: mpsc::UnboundedSender<WriteDone>,
     done_rx: mpsc::UnboundedReceiver<WriteDone>,
+    metrics: StorageMetrics,
 }
 
 impl Persistence {
@@ -74,7 +76,13 @@ impl Persistence {
             failures: 0,
             done_tx,
             done_rx,
+            metrics: StorageMetrics::default(),
         }
+    }
+
+    /// Record writes with these handles.
+    pub(crate) fn set_metrics(&mut self, metrics: StorageMetrics) {
+        self.metrics = metrics;
     }
 
     /// State rows changed: write them within `throttle`. The clock is read only when there
@@ -276,8 +284,16 @@ impl Persistence {
         let key = self.key.clone();
         let done = self.done_tx.clone();
         let rows: Vec<Vec<String>> = rows.into_iter().collect();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let result = storage.apply(&key, batch).await;
+            metrics.seconds.record(started.elapsed().as_secs_f64());
+            match &result {
+                Ok(()) => metrics.ok.increment(1),
+                Err(StorageError::Fenced { .. }) => metrics.fenced.increment(1),
+                Err(_) => metrics.error.increment(1),
+            }
             let _ = done.send(WriteDone {
                 result,
                 rows,

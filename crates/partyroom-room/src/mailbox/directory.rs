@@ -206,6 +206,29 @@ impl Rooms {
         self.placement.as_ref()
     }
 
+    /// The room instances running here, as `(party, room id, handle)`, sorted (for the
+    /// monitor: it asks them for their [`RoomStats`](crate::RoomStats)).
+    pub fn running(&self) -> Vec<(String, String, RoomHandle)> {
+        let mut out = Vec::new();
+        for (party, p) in self.parties.iter() {
+            let live = p.live.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, handle) in live.iter() {
+                if !handle.is_closed() {
+                    out.push((party.clone(), id.clone(), handle.clone()));
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
+    /// The live instance of a room here, without starting one.
+    pub fn live_room(&self, party: &str, room_id: &str) -> Option<RoomHandle> {
+        let p = self.parties.get(party)?;
+        let live = p.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.get(room_id).filter(|h| !h.is_closed()).cloned()
+    }
+
     /// Whether a live instance of the room runs here.
     pub fn is_live(&self, party: &str, room_id: &str) -> bool {
         self.parties.get(party).is_some_and(|p| {

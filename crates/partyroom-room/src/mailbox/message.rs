@@ -11,6 +11,8 @@ use crate::connection::request::{ConnId, ConnectInfo, ConnectRequest};
 use crate::protocol::http::{RoomRequest, RoomResponse};
 use crate::session::transfer::SessionHandoff;
 
+use super::inspection::{RoomInspection, RoomStats};
+
 /// Mailbox size of a room: messages beyond it wait in the connection tasks (backpressure on
 /// the sockets), not in memory.
 pub(crate) const MAILBOX: usize = 1024;
@@ -38,6 +40,12 @@ pub(crate) enum RoomMsg {
     /// Stop at once without saving and close every connection with 1012: this node lost the
     /// room (see [`Rooms::evict`](crate::Rooms::evict)).
     Evict,
+    /// The room's counts (the monitor).
+    Stats(oneshot::Sender<RoomStats>),
+    /// The room's connections, sessions and state (the monitor).
+    Inspect(oneshot::Sender<RoomInspection>),
+    /// Close every connection of this public user id; the number closed.
+    DisconnectUser(String, oneshot::Sender<usize>),
 }
 
 /// A closure for [`RoomMsg::Run`], opaque at this layer: it is built by
@@ -59,6 +67,9 @@ impl std::fmt::Debug for RoomMsg {
             RoomMsg::Run(..) => "Run",
             RoomMsg::TransferIn(..) => "TransferIn",
             RoomMsg::Evict => "Evict",
+            RoomMsg::Stats(..) => "Stats",
+            RoomMsg::Inspect(..) => "Inspect",
+            RoomMsg::DisconnectUser(..) => "DisconnectUser",
         })
     }
 }

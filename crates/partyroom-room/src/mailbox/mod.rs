@@ -7,6 +7,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod directory;
+pub(crate) mod inspection;
 pub(crate) mod message;
 pub(crate) mod placement;
 pub(crate) mod room_handle;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::Admission;
+use super::inspection::{RoomInspection, RoomStats};
 use super::message::RoomMsg;
 use crate::config::RoomConfig;
 use crate::connection::refusal::ConnectError;
@@ -162,6 +163,23 @@ impl RoomHandle {
             return Ok(response);
         }
         self.ask(|reply| RoomMsg::Request(request, reply)).await
+    }
+
+    /// The room's counts (connections, users, sessions, messages handled).
+    pub async fn stats(&self) -> Result<RoomStats, RoomGone> {
+        self.ask(RoomMsg::Stats).await
+    }
+
+    /// The room's connections, sessions and synchronized state, for an operator.
+    pub async fn inspect(&self) -> Result<RoomInspection, RoomGone> {
+        self.ask(RoomMsg::Inspect).await
+    }
+
+    /// Close every connection of the user with this public id (code 4000, "disconnected by
+    /// an operator"); how many were closed. The user's session stays: it may connect again.
+    pub async fn disconnect_user(&self, public_id: &str) -> Result<usize, RoomGone> {
+        let user = public_id.to_owned();
+        self.ask(|reply| RoomMsg::DisconnectUser(user, reply)).await
     }
 
     /// True once the room task has stopped.

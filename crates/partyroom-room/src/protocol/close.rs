@@ -27,6 +27,14 @@ impl CloseFrame {
         }
     }
 
+    /// 4000: an operator disconnected the user (the monitor).
+    pub fn disconnected_by_operator() -> Self {
+        Self {
+            code: 4000,
+            reason: "disconnected by an operator".into(),
+        }
+    }
+
     /// 1001 "going away": the room is shutting down.
     pub fn going_away() -> Self {
         Self {

@@ -45,6 +45,11 @@ impl Sessions {
         self.table.contains_key(private_id)
     }
 
+    /// Every session.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &crate::session::table::Session> {
+        self.table.sessions()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }

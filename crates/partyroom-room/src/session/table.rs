@@ -106,6 +106,11 @@ impl SessionTable {
         self.by_private.len()
     }
 
+    /// Every session (private ids are not handed out: they are the users' secrets).
+    pub(crate) fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.by_private.values()
+    }
+
     /// Insert or replace a session.
     pub(crate) fn insert(&mut self, private_id: String, session: Session) {
         *self.by_public.entry(session.public_id.clone()).or_default() += 1;
