@@ -10,6 +10,7 @@
 # worktree, e.g.
 #   git worktree add ../before <rev> && (cd ../before && cargo build --release -p partyroom-arena)
 # Prints one line per run and a summary (medians, after / before); raw JSON in target/bench-ab/.
+# AFTER_ARGS adds server flags to the "after" runs only (a feature the "before" build lacks).
 set -euo pipefail
 
 BEFORE=${1:?usage: ab.sh BEFORE_BIN_DIR AFTER_BIN_DIR [ROUNDS]}
@@ -37,6 +38,11 @@ run() {
   shift
   logfile="$OUT/$name.$label.server.log"
   : >"$logfile"
+  # AFTER_ARGS: extra server flags for the "after" build only (e.g. `--metrics`).
+  if [ "$label" = after ] && [ -n "${AFTER_ARGS:-}" ]; then
+    # shellcheck disable=SC2206
+    server_args+=($AFTER_ARGS)
+  fi
   RUST_LOG=warn "${PIN_SERVER[@]}" "$bin/partyroom-arena" --port 0 --memory "${server_args[@]}" >"$logfile" 2>&1 &
   SERVER_PID=$!
   local port

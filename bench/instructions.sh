@@ -14,7 +14,8 @@
 # Under cachegrind the server runs some 50x slower, so the loads are small, and below the
 # arena's default 100 messages per second and client (dropped messages would count too); a
 # scenario with several clients and no throttle is left out because its batches, and so its
-# counts, depend on timing. Raw output in target/bench-instructions/.
+# counts, depend on timing. Raw output in target/bench-instructions/. AFTER_ARGS adds server
+# flags to the "after" runs only.
 set -euo pipefail
 
 BEFORE=${1:?usage: instructions.sh BEFORE_BIN_DIR AFTER_BIN_DIR}
@@ -41,6 +42,11 @@ count() {
   shift
   log="$OUT/$name.$label.log"
   : >"$log"
+  # AFTER_ARGS: extra server flags for the "after" build only (e.g. `--metrics`).
+  if [ "$label" = after ] && [ -n "${AFTER_ARGS:-}" ]; then
+    # shellcheck disable=SC2206
+    server_args+=($AFTER_ARGS)
+  fi
   RUST_LOG=warn "${PIN_SERVER[@]}" valgrind --tool=cachegrind --cache-sim=no \
     --cachegrind-out-file="$OUT/$name.$label.cg" \
     "$bin/partyroom-arena" --port 0 --memory "${server_args[@]}" >"$log" 2>&1 &

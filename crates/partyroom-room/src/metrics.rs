@@ -18,7 +18,7 @@
 //! | `partyroom_actions_total` | counter | `party`, `outcome` | messages by outcome: `ok`, `malformed`, `unknown`, `invalid`, `refused` (guard), `too_large`, `panicked` |
 //! | `partyroom_frames_sent_total` | counter | `party` | frames queued for clients (one per client and packet) |
 //! | `partyroom_frame_bytes_sent_total` | counter | `party` | their bytes |
-//! | `partyroom_sync_flush_seconds` | histogram | `party` | finding the changes and queueing the packets, per flush that sent a patch |
+//! | `partyroom_sync_flush_seconds` | histogram | `party` | finding the changes and queueing the packets, for one flush in 16 (sampled: a clock read costs as much as a small flush) |
 //! | `partyroom_slow_client_closes_total` | counter | `party` | clients closed because their queue was full (1013) |
 //! | `partyroom_storage_batches_total` | counter | `party`, `result` | storage writes: `ok`, `error` (retried), `fenced` |
 //! | `partyroom_storage_batch_seconds` | histogram | `party` | time of a storage write |

@@ -62,12 +62,15 @@ impl<R: Room> RoomFactory for RoomType<R> {
             self.handlers.clone(),
             persist,
         );
-        // Every event of the room's task carries `room{party, room}`.
-        let span = tracing::info_span!("room", party = %spawn.party, room = %spawn.id);
-        tokio::spawn(tracing::Instrument::instrument(
-            actor.run(rx, Unload::new(spawn.live, tx)),
-            span,
-        ));
+        // With debug on, every event of the room's task carries `room{party, room}`; without,
+        // the task is not instrumented at all (entering a span on each poll costs).
+        let run = actor.run(rx, Unload::new(spawn.live, tx));
+        let span = tracing::debug_span!("room", party = %spawn.party, room = %spawn.id);
+        if span.is_disabled() {
+            tokio::spawn(run);
+        } else {
+            tokio::spawn(tracing::Instrument::instrument(run, span));
+        }
         handle
     }
 }

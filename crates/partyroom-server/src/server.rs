@@ -492,56 +492,61 @@ async fn upgrade(
     let response = handshake.response();
     let on_upgrade = handshake.on_upgrade;
     // Its own task, tracked for graceful shutdown: the HTTP connection's task ends with the
-    // upgrade. Its events carry `connection{party, room, conn}` (`conn` once joined; the
-    // room's `joined` event pairs it with the public user id).
-    let span = tracing::info_span!(
+    // upgrade. With debug on, its events carry `connection{party, room, conn}` (`conn` once
+    // joined; the room's `joined` event pairs it with the public user id); without, the task
+    // is not instrumented (entering a span on each poll costs).
+    let span = tracing::debug_span!(
         "connection",
         party = %path.party,
         room = %path.room,
         conn = tracing::field::Empty
     );
-    shared.tasks.spawn(tracing::Instrument::instrument(
-        async move {
-            let _permit = permit;
-            let Ok(upgraded) = on_upgrade.await else {
+    let task = async move {
+        let _permit = permit;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (reader, writer) = socket_parts(upgraded, &outbox, &shared2.config);
+        shared2.metrics.room_sockets.increment(1);
+        let _open = OpenGuard::new(&shared2.metrics.room_sockets_open);
+        let retry = Retry {
+            session_id,
+            query,
+            headers,
+            sink,
+            path,
+        };
+        // The connect request's parts (headers, query) are freed once the client is in: the
+        // task keeps only what its connection needs, for as long as it lives.
+        let joined = join(&shared2, room, first, retry).await;
+        let (room, conn) = match joined {
+            Ok(joined) => joined,
+            Err(refused) => {
+                connection::refuse(writer, &outbox, refused.close_frame()).await;
                 return;
-            };
-            let (reader, writer) = socket_parts(upgraded, &outbox, &shared2.config);
-            shared2.metrics.room_sockets.increment(1);
-            let _open = OpenGuard::new(&shared2.metrics.room_sockets_open);
-            let retry = Retry {
-                session_id,
-                query,
-                headers,
-                sink,
-                path,
-            };
-            // The connect request's parts (headers, query) are freed once the client is in: the
-            // task keeps only what its connection needs, for as long as it lives.
-            let joined = join(&shared2, room, first, retry).await;
-            let (room, conn) = match joined {
-                Ok(joined) => joined,
-                Err(refused) => {
-                    connection::refuse(writer, &outbox, refused.close_frame()).await;
-                    return;
-                }
-            };
-            tracing::Span::current().record("conn", conn);
-            tracing::debug!("connected");
-            let config = &shared2.config;
-            connection::run(Connection {
-                reader,
-                writer,
-                outbox,
-                peer: RoomPeer::new(room, conn, config.max_messages_per_second),
-                shutdown: shared2.shutdown.clone(),
-                limits: Limits::of(config),
-            })
-            .await;
-            tracing::debug!("disconnected");
-        },
-        span,
-    ));
+            }
+        };
+        tracing::Span::current().record("conn", conn);
+        tracing::debug!("connected");
+        let config = &shared2.config;
+        connection::run(Connection {
+            reader,
+            writer,
+            outbox,
+            peer: RoomPeer::new(room, conn, config.max_messages_per_second),
+            shutdown: shared2.shutdown.clone(),
+            limits: Limits::of(config),
+        })
+        .await;
+        tracing::debug!("disconnected");
+    };
+    if span.is_disabled() {
+        shared.tasks.spawn(task);
+    } else {
+        shared
+            .tasks
+            .spawn(tracing::Instrument::instrument(task, span));
+    }
     response
 }
 

@@ -131,6 +131,8 @@ struct InstanceCounts {
     messages: u64,
     /// Frames queued for clients.
     frames: u64,
+    /// Flushes (to time one in so many).
+    flushes: u64,
 }
 
 /// Identity and surroundings of a room instance.
