@@ -9,11 +9,17 @@
 //! | `partyroom_websockets_accepted_total` | counter | `kind` | WebSockets upgraded |
 //! | `partyroom_connections_refused_total` | counter | `reason` | connections, upgrades and room requests refused: `too_many` (the connection cap), `handshake` (a bad upgrade), `guard` (a room's connect guard), `not_found` (no such party or room type), `unavailable` (cannot be placed or started) |
 //! | `partyroom_relayed_requests_total` | counter | | HTTP requests relayed to another node |
+//! | `partyroom_outbound_queued_frames` | gauge | | frames waiting for slow sockets, all connections together (at scrape time) |
+//! | `partyroom_outbound_queue_max_frames` | gauge | | the longest of those queues (at scrape time) |
 //!
 //! [`Server`]: crate::Server
 
+use std::sync::Arc;
+
 use metrics::{Counter, Gauge, counter, gauge};
 use tokio::sync::OwnedSemaphorePermit;
+
+use crate::outbox::Outbox;
 
 /// `partyroom_connections_open`.
 pub const CONNECTIONS_OPEN: &str = "partyroom_connections_open";
@@ -25,6 +31,82 @@ pub const WEBSOCKETS_ACCEPTED: &str = "partyroom_websockets_accepted_total";
 pub const CONNECTIONS_REFUSED: &str = "partyroom_connections_refused_total";
 /// `partyroom_relayed_requests_total`.
 pub const RELAYED_REQUESTS: &str = "partyroom_relayed_requests_total";
+
+/// `partyroom_outbound_queued_frames`.
+pub const OUTBOUND_QUEUED: &str = "partyroom_outbound_queued_frames";
+/// `partyroom_outbound_queue_max_frames`.
+pub const OUTBOUND_QUEUE_MAX: &str = "partyroom_outbound_queue_max_frames";
+
+/// The outboxes of open WebSockets, for the queue gauges; only kept while a Prometheus
+/// recorder is installed (see [`crate::prometheus`]), so that nothing is tracked otherwise.
+static OUTBOXES: std::sync::Mutex<Option<Outboxes>> = std::sync::Mutex::new(None);
+
+#[derive(Default)]
+struct Outboxes {
+    next: u64,
+    open: std::collections::HashMap<u64, std::sync::Weak<Outbox>>,
+}
+
+/// Start tracking outboxes (the recorder was installed).
+pub(crate) fn track_outboxes() {
+    let mut all = OUTBOXES.lock().unwrap_or_else(|e| e.into_inner());
+    all.get_or_insert_with(Outboxes::default);
+}
+
+/// An outbox counted in the queue gauges until this is dropped.
+pub(crate) struct TrackedOutbox(Option<u64>);
+
+impl TrackedOutbox {
+    pub(crate) fn new(outbox: &Arc<Outbox>) -> Self {
+        let mut all = OUTBOXES.lock().unwrap_or_else(|e| e.into_inner());
+        Self(all.as_mut().map(|all| {
+            let id = all.next;
+            all.next += 1;
+            all.open.insert(id, Arc::downgrade(outbox));
+            id
+        }))
+    }
+}
+
+impl Drop for TrackedOutbox {
+    fn drop(&mut self) {
+        if let Some(id) = self.0 {
+            let mut all = OUTBOXES.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(all) = all.as_mut() {
+                all.open.remove(&id);
+            }
+        }
+    }
+}
+
+/// Set the queue gauges from the open outboxes (called before each scrape).
+pub(crate) fn collect_queues() {
+    let (total, max) = queue_depths();
+    gauge!(OUTBOUND_QUEUED).set(total as f64);
+    gauge!(OUTBOUND_QUEUE_MAX).set(max as f64);
+}
+
+/// Frames queued in all tracked outboxes, and in the fullest one.
+fn queue_depths() -> (usize, usize) {
+    let outboxes: Vec<Arc<Outbox>> = {
+        let all = OUTBOXES.lock().unwrap_or_else(|e| e.into_inner());
+        all.as_ref()
+            .map(|all| {
+                all.open
+                    .values()
+                    .filter_map(std::sync::Weak::upgrade)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (mut total, mut max) = (0usize, 0usize);
+    for o in &outboxes {
+        let n = o.queued();
+        total += n;
+        max = max.max(n);
+    }
+    (total, max)
+}
 
 /// Why a connection or upgrade was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,4 +209,34 @@ pub fn describe() {
         "Connections and upgrades refused, by reason"
     );
     describe_counter!(RELAYED_REQUESTS, "HTTP requests relayed to another node");
+    metrics::describe_gauge!(OUTBOUND_QUEUED, "Frames waiting for slow sockets, in all");
+    metrics::describe_gauge!(OUTBOUND_QUEUE_MAX, "The longest outgoing queue of a socket");
+}
+
+#[cfg(test)]
+mod tests {
+    use partyroom_room::ConnectionSink;
+
+    use super::*;
+
+    #[test]
+    fn queue_depths_count_tracked_outboxes_until_they_close() {
+        track_outboxes();
+        let (base_total, _) = queue_depths();
+        let a = Arc::new(Outbox::new(16));
+        let b = Arc::new(Outbox::new(16));
+        let ta = TrackedOutbox::new(&a);
+        let tb = TrackedOutbox::new(&b);
+        // No socket attached: every frame waits in the queue.
+        for _ in 0..3 {
+            a.send(bytes::Bytes::from_static(b"x"));
+        }
+        b.send(bytes::Bytes::from_static(b"y"));
+        let (total, max) = queue_depths();
+        assert_eq!(total - base_total, 4);
+        assert!(max >= 3);
+        drop(ta);
+        drop(tb);
+        assert_eq!(queue_depths().0, base_total, "untracked when the connection ends");
+    }
 }

@@ -137,6 +137,11 @@ impl Outbox {
         }
     }
 
+    /// Frames waiting in the queue (the socket did not take them at once).
+    pub(crate) fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves a consistent state (every change is a single
         // assignment or queue operation), so a poisoned lock is still usable.

@@ -76,6 +76,7 @@ impl Prometheus {
         let installed = INSTALLED.get_or_init(|| mine).clone();
         partyroom_room::metrics::describe();
         crate::metrics::describe();
+        crate::metrics::track_outboxes();
         let upkeep = installed.handle.clone();
         std::thread::Builder::new()
             .name("metrics-upkeep".into())
@@ -89,8 +90,10 @@ impl Prometheus {
         Ok(installed)
     }
 
-    /// Every metric now, in the Prometheus text format (version 0.0.4).
+    /// Every metric now, in the Prometheus text format (version 0.0.4). The gauges measured
+    /// at scrape time (outgoing queues) are read first.
     pub fn render(&self) -> String {
+        crate::metrics::collect_queues();
         self.handle.render()
     }
 

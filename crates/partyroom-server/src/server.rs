@@ -19,7 +19,7 @@ use partyroom_room::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::metrics::{CountedPermit, OpenGuard, Refusal, ServerMetrics};
+use crate::metrics::{CountedPermit, OpenGuard, Refusal, ServerMetrics, TrackedOutbox};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -507,6 +507,7 @@ async fn upgrade(
             return;
         };
         let (reader, writer) = socket_parts(upgraded, &outbox, &shared2.config);
+        let _tracked = TrackedOutbox::new(&outbox);
         shared2.metrics.room_sockets.increment(1);
         let _open = OpenGuard::new(&shared2.metrics.room_sockets_open);
         let retry = Retry {

@@ -138,6 +138,9 @@ async fn metrics_count_what_clients_do_and_what_they_get_wrong() {
         2.0
     );
     assert_eq!(value(&s, "partyroom_users_joined_total", &main), 2.0);
+    // Both clients read: nothing waits in their queues (the gauges are read at each scrape).
+    assert!(s.contains_key("partyroom_outbound_queued_frames"), "{s:?}");
+    assert_eq!(value(&s, "partyroom_outbound_queue_max_frames", &[]), 0.0);
     assert_eq!(value(&s, "partyroom_rooms_loaded", &main), 1.0);
     assert_eq!(
         value(
