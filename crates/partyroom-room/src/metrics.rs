@@ -1,10 +1,14 @@
 //! The room runtime's metrics, through the [`metrics`] facade: nothing is recorded unless the
 //! application installs a recorder (`partyroom_server::prometheus` does, for `/metrics`).
 //!
-//! Every room caches its handles when it starts ([`RoomMetrics::new`]), so the hot path pays
-//! one relaxed atomic add per batch of frames or per message, never a lookup; install the
-//! recorder before building the rooms. Labels are bounded: `party` (the room types an app
-//! registers) and an outcome or reason from a fixed list, never a room or user id.
+//! Every room caches its handles when it starts ([`RoomMetrics::new`]); install the recorder
+//! before building the rooms. The counts of the hot path (messages, their bytes and outcomes,
+//! frames and their bytes) are not even recorder calls: each room keeps them in counters of
+//! its own that only its task writes (a load and a store, no locked instruction), and
+//! [`publish`] adds them up per party when the exporter renders (`partyroom_server`'s
+//! `/metrics` calls it; [`enable`] turns the bookkeeping on). Labels are bounded: `party` (the
+//! room types an app registers) and an outcome or reason from a fixed list, never a room or
+//! user id.
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
@@ -23,6 +27,10 @@
 //! | `partyroom_storage_batches_total` | counter | `party`, `result` | storage writes: `ok`, `error` (retried), `fenced` |
 //! | `partyroom_storage_batch_seconds` | histogram | `party` | time of a storage write |
 //! | `partyroom_room_requests_total` | counter | `party` | HTTP requests handled by rooms |
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -136,11 +144,10 @@ pub(crate) struct RoomMetrics {
     loaded: Gauge,
     pub(crate) joined: Counter,
     pub(crate) left: Counter,
-    pub(crate) messages: Counter,
-    pub(crate) message_bytes: Counter,
-    actions: [Counter; 7],
-    pub(crate) frames: Counter,
-    pub(crate) frame_bytes: Counter,
+    /// The hot path's counts, published by [`publish`].
+    pub(crate) local: Arc<LocalCounts>,
+    /// This instance's entry in the published counts, if [`enable`] was called.
+    entry: Option<u64>,
     pub(crate) flush: Histogram,
     pub(crate) slow_closes: Counter,
     pub(crate) storage: StorageMetrics,
@@ -177,12 +184,8 @@ impl RoomMetrics {
             loaded: gauge!(ROOMS_LOADED, "party" => p.clone()),
             joined: c(USERS_JOINED),
             left: c(USERS_LEFT),
-            messages: c(MESSAGES_RECEIVED),
-            message_bytes: c(MESSAGE_BYTES_RECEIVED),
-            actions: ActionOutcome::ALL
-                .map(|o| counter!(ACTIONS, "party" => p.clone(), "outcome" => o.label())),
-            frames: c(FRAMES_SENT),
-            frame_bytes: c(FRAME_BYTES_SENT),
+            local: Arc::new(LocalCounts::default()),
+            entry: None,
             flush: histogram!(SYNC_FLUSH_SECONDS, "party" => p.clone()),
             slow_closes: c(SLOW_CLIENT_CLOSES),
             storage: StorageMetrics {
@@ -196,22 +199,139 @@ impl RoomMetrics {
         }
     }
 
-    /// Count a message's outcome.
-    pub(crate) fn action(&self, outcome: ActionOutcome) {
-        self.actions[outcome as usize].increment(1);
-    }
-
-    /// The instance started.
-    pub(crate) fn started(&self) {
+    /// The instance started: its counts are published from now on.
+    pub(crate) fn started(&mut self) {
         counter!(ROOMS_STARTED, "party" => self.party.clone()).increment(1);
         self.loaded.increment(1.0);
+        let mut published = PUBLISHED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(parties) = published.as_mut() {
+            let party = parties.entry(self.party.clone()).or_default();
+            let id = party.next;
+            party.next += 1;
+            party.live.insert(id, self.local.clone());
+            self.entry = Some(id);
+        }
     }
 
-    /// The instance stopped (after [`RoomMetrics::started`]).
-    pub(crate) fn stopped(&self, why: StopReason) {
+    /// The instance stopped (after [`RoomMetrics::started`]): its counts stay in the totals.
+    pub(crate) fn stopped(&mut self, why: StopReason) {
         counter!(ROOMS_STOPPED, "party" => self.party.clone(), "reason" => why.label())
             .increment(1);
         self.loaded.decrement(1.0);
+        if let Some(id) = self.entry.take() {
+            let mut published = PUBLISHED.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(party) = published.as_mut().and_then(|p| p.get_mut(&self.party)) {
+                party.live.remove(&id);
+                party.retired.add(&self.local);
+            }
+        }
+    }
+}
+
+/// The hot path's counts of one room instance. Only the instance's task writes them, so an
+/// update is a plain load and store; [`publish`] reads them from another thread.
+#[derive(Debug, Default)]
+pub(crate) struct LocalCounts {
+    messages: AtomicU64,
+    message_bytes: AtomicU64,
+    actions: [AtomicU64; 7],
+    frames: AtomicU64,
+    frame_bytes: AtomicU64,
+}
+
+/// Add `n` to a counter that only one task writes.
+#[inline]
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl LocalCounts {
+    /// A client message of `bytes` bytes, and what became of it.
+    #[inline]
+    pub(crate) fn message(&self, bytes: usize, outcome: ActionOutcome) {
+        bump(&self.messages, 1);
+        bump(&self.message_bytes, bytes as u64);
+        bump(&self.actions[outcome as usize], 1);
+    }
+
+    /// `frames` frames of `bytes` bytes in all queued for clients.
+    #[inline]
+    pub(crate) fn frames(&self, frames: u64, bytes: u64) {
+        bump(&self.frames, frames);
+        bump(&self.frame_bytes, bytes);
+    }
+}
+
+/// Sums of [`LocalCounts`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    messages: u64,
+    message_bytes: u64,
+    actions: [u64; 7],
+    frames: u64,
+    frame_bytes: u64,
+}
+
+impl Totals {
+    fn add(&mut self, c: &LocalCounts) {
+        self.messages += c.messages.load(Relaxed);
+        self.message_bytes += c.message_bytes.load(Relaxed);
+        for (t, a) in self.actions.iter_mut().zip(&c.actions) {
+            *t += a.load(Relaxed);
+        }
+        self.frames += c.frames.load(Relaxed);
+        self.frame_bytes += c.frame_bytes.load(Relaxed);
+    }
+}
+
+/// One party's published counts: its running instances and the totals of stopped ones.
+#[derive(Default)]
+struct PartyCounts {
+    next: u64,
+    live: HashMap<u64, Arc<LocalCounts>>,
+    retired: Totals,
+}
+
+/// Every party's counts, once [`enable`] was called.
+static PUBLISHED: Mutex<Option<BTreeMap<String, PartyCounts>>> = Mutex::new(None);
+
+/// Keep the counts of the rooms started from now on for [`publish`] (the Prometheus exporter
+/// calls this when it is installed, before the rooms are built).
+pub fn enable() {
+    let mut published = PUBLISHED.lock().unwrap_or_else(|e| e.into_inner());
+    published.get_or_insert_with(BTreeMap::new);
+}
+
+/// Each party's totals: its stopped instances' and its running ones'.
+fn party_totals() -> Vec<(String, Totals)> {
+    let published = PUBLISHED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(parties) = published.as_ref() else {
+        return Vec::new();
+    };
+    parties
+        .iter()
+        .map(|(name, p)| {
+            let mut t = p.retired;
+            for c in p.live.values() {
+                t.add(c);
+            }
+            (name.clone(), t)
+        })
+        .collect()
+}
+
+/// Hand the rooms' counts of messages, outcomes and frames to the recorder, per party (the
+/// exporter calls this before each render).
+pub fn publish() {
+    for (party, t) in party_totals() {
+        let c = |name: &'static str| counter!(name, "party" => party.clone());
+        c(MESSAGES_RECEIVED).absolute(t.messages);
+        c(MESSAGE_BYTES_RECEIVED).absolute(t.message_bytes);
+        c(FRAMES_SENT).absolute(t.frames);
+        c(FRAME_BYTES_SENT).absolute(t.frame_bytes);
+        for (o, n) in ActionOutcome::ALL.iter().zip(t.actions) {
+            counter!(ACTIONS, "party" => party.clone(), "outcome" => o.label()).absolute(n);
+        }
     }
 }
 
@@ -245,4 +365,45 @@ pub fn describe() {
         "Time of a storage write"
     );
     describe_counter!(ROOM_REQUESTS, "HTTP requests handled by rooms");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(party: &str) -> Totals {
+        party_totals()
+            .into_iter()
+            .find(|(p, _)| p == party)
+            .map(|(_, t)| t)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn counts_add_up_across_running_and_stopped_instances() {
+        enable();
+        let mut a = RoomMetrics::new("metrics-unit");
+        a.started();
+        a.local.message(10, ActionOutcome::Ok);
+        a.local.message(5, ActionOutcome::Unknown);
+        a.local.frames(3, 30);
+        let t = totals("metrics-unit");
+        assert_eq!(
+            (t.messages, t.message_bytes, t.frames, t.frame_bytes),
+            (2, 15, 3, 30)
+        );
+        assert_eq!(t.actions[ActionOutcome::Unknown as usize], 1);
+        a.stopped(StopReason::Unloaded);
+        let mut b = RoomMetrics::new("metrics-unit");
+        b.started();
+        b.local.message(1, ActionOutcome::Ok);
+        let t = totals("metrics-unit");
+        assert_eq!(
+            t.messages, 3,
+            "a stopped instance's counts stay in the totals"
+        );
+        assert_eq!(t.actions[ActionOutcome::Ok as usize], 2);
+        b.stopped(StopReason::Shutdown);
+        assert_eq!(totals("metrics-unit").messages, 3);
+    }
 }

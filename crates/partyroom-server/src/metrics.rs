@@ -237,6 +237,10 @@ mod tests {
         assert!(max >= 3);
         drop(ta);
         drop(tb);
-        assert_eq!(queue_depths().0, base_total, "untracked when the connection ends");
+        assert_eq!(
+            queue_depths().0,
+            base_total,
+            "untracked when the connection ends"
+        );
     }
 }

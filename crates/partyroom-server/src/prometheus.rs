@@ -77,6 +77,7 @@ impl Prometheus {
         partyroom_room::metrics::describe();
         crate::metrics::describe();
         crate::metrics::track_outboxes();
+        partyroom_room::metrics::enable();
         let upkeep = installed.handle.clone();
         std::thread::Builder::new()
             .name("metrics-upkeep".into())
@@ -90,10 +91,11 @@ impl Prometheus {
         Ok(installed)
     }
 
-    /// Every metric now, in the Prometheus text format (version 0.0.4). The gauges measured
-    /// at scrape time (outgoing queues) are read first.
+    /// Every metric now, in the Prometheus text format (version 0.0.4). What is measured at
+    /// scrape time (outgoing queues, the rooms' own message and frame counts) is read first.
     pub fn render(&self) -> String {
         crate::metrics::collect_queues();
+        partyroom_room::metrics::publish();
         self.handle.render()
     }
 

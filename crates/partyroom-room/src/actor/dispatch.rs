@@ -24,8 +24,6 @@ impl<R: Room> RoomActor<R> {
             self.held_reads.consider(conn, window, &*self.clock);
         }
         self.counts.messages += 1;
-        self.metrics.messages.increment(1);
-        self.metrics.message_bytes.increment(text.len() as u64);
         // `user{user, conn}` on what the message causes (a disabled level costs one check).
         let span = if tracing::enabled!(tracing::Level::DEBUG)
             && let Some(conn) = self.conns.get(&conn_id)
@@ -48,7 +46,7 @@ impl<R: Room> RoomActor<R> {
                 }
             }
         };
-        self.metrics.action(outcome);
+        self.metrics.local.message(text.len(), outcome);
         // Messages and sync switches must follow the changes made before them: with any,
         // this flushes now.
         self.flush_or_defer();

@@ -208,7 +208,6 @@ impl<R: Room> RoomActor<R> {
             }
         }
         self.counts.frames += frames;
-        self.metrics.frames.increment(frames);
-        self.metrics.frame_bytes.increment(bytes);
+        self.metrics.local.frames(frames, bytes);
     }
 }
