@@ -11,12 +11,12 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { startServer, stopServer } from './server.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ARTIFACTS = join(HERE, 'artifacts');
@@ -40,47 +40,9 @@ const clampX = (x) => Math.min(W - PR, Math.max(PR, x));
 const clampY = (y) => Math.min(H - PR, Math.max(PR, y));
 
 let server = null;
-let serverExit = null;
-let serverLog = '';
 let browser = null;
 let baseUrl = null;
 
-function startServer(bin) {
-  return new Promise((resolvePort, reject) => {
-    const child = spawn(bin, ['--port', '0', '--memory'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
-    });
-    server = child;
-    serverExit = new Promise((r) => child.once('exit', r));
-    let out = '';
-    const timer = setTimeout(() => {
-      reject(new Error(`arena server did not print its address within 10 s\n${serverLog}`));
-    }, 10_000);
-    child.stdout.setEncoding('utf8');
-    child.stderr.setEncoding('utf8');
-    child.stdout.on('data', (chunk) => {
-      out += chunk;
-      serverLog += chunk;
-      const m = out.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolvePort(Number(m[1]));
-      }
-    });
-    child.stderr.on('data', (chunk) => {
-      serverLog += chunk;
-    });
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot start arena server ${bin}: ${err.message}`));
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`arena server exited early (code ${code}, signal ${signal})\n${serverLog}`));
-    });
-  });
-}
 
 before(async () => {
   const bin = process.env.ARENA_BIN;
@@ -95,7 +57,8 @@ before(async () => {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`Chromium not found at ${CHROMIUM}: apt-get install -y chromium, or set CHROMIUM=/path/to/chrome`);
   }
-  const port = await startServer(binPath);
+  server = await startServer(binPath, ['--port', '0', '--memory']);
+  const port = server.port;
   baseUrl = `http://127.0.0.1:${port}`;
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -107,12 +70,7 @@ before(async () => {
 
 after(async () => {
   if (browser) await browser.close().catch(() => {});
-  if (server && server.exitCode === null && server.signalCode === null) {
-    server.kill('SIGTERM');
-    const killer = setTimeout(() => server.kill('SIGKILL'), 3000);
-    await serverExit;
-    clearTimeout(killer);
-  }
+  if (server) await stopServer(server);
 });
 
 /** A fresh browser context (own localStorage = own session) with a fixed display name. */

@@ -7,12 +7,12 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { startServer, stopServer } from './server.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ARTIFACTS = join(HERE, 'artifacts');
@@ -21,55 +21,23 @@ const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-firs
 const TOKEN = randomBytes(12).toString('hex');
 
 let server = null;
-let serverExit = null;
-let serverLog = '';
 let browser = null;
 let baseUrl = null;
 
-function startServer(bin) {
-  return new Promise((resolvePort, reject) => {
-    const child = spawn(bin, ['--port', '0', '--memory', '--monitor-token', TOKEN], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
-    });
-    server = child;
-    serverExit = new Promise((r) => child.once('exit', r));
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`no address within 10 s\n${serverLog}`)), 10_000);
-    child.stdout.setEncoding('utf8');
-    child.stderr.setEncoding('utf8');
-    child.stdout.on('data', (chunk) => {
-      out += chunk;
-      serverLog += chunk;
-      const m = out.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolvePort(Number(m[1]));
-      }
-    });
-    child.stderr.on('data', (chunk) => (serverLog += chunk));
-    child.once('error', (err) => reject(new Error(`cannot start ${bin}: ${err.message}`)));
-    child.once('exit', (code) => reject(new Error(`server exited early (${code})\n${serverLog}`)));
-  });
-}
 
 before(async () => {
   const bin = process.env.ARENA_BIN;
   if (!bin) throw new Error('ARENA_BIN is not set (e.g. ../../target/debug/partyroom-arena)');
   if (!existsSync(CHROMIUM)) throw new Error(`Chromium not found at ${CHROMIUM}`);
-  const port = await startServer(resolve(bin));
+  server = await startServer(resolve(bin), ['--port', '0', '--memory', '--monitor-token', TOKEN]);
+  const port = server.port;
   baseUrl = `http://127.0.0.1:${port}`;
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 15_000 });
 });
 
 after(async () => {
   if (browser) await browser.close().catch(() => {});
-  if (server && server.exitCode === null && server.signalCode === null) {
-    server.kill('SIGTERM');
-    const killer = setTimeout(() => server.kill('SIGKILL'), 3000);
-    await serverExit;
-    clearTimeout(killer);
-  }
+  if (server) await stopServer(server);
 });
 
 async function openPlayer(url, name) {

@@ -184,17 +184,10 @@ async fn inspect(
     if let Err(r) = m.allowed(&headers, query.as_deref()) {
         return r;
     }
-    let Some(handle) = m.rooms.live_room(&party, &room) else {
-        return error(StatusCode::NOT_FOUND, "No such room running here");
-    };
-    match tokio::time::timeout(ANSWER_WITHIN, handle.inspect()).await {
-        Ok(Ok(inspection)) => no_store(json!(inspection)),
-        Ok(Err(_)) => error(StatusCode::NOT_FOUND, "No such room running here"),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The room did not answer in time",
-        ),
-    }
+    ask_room(&m, &party, &room, |h| async move {
+        h.inspect().await.map(|i| json!(i))
+    })
+    .await
 }
 
 async fn disconnect(
@@ -206,11 +199,26 @@ async fn disconnect(
     if let Err(r) = m.allowed(&headers, query.as_deref()) {
         return r;
     }
-    let Some(handle) = m.rooms.live_room(&party, &room) else {
+    ask_room(&m, &party, &room, |h| async move {
+        h.disconnect_user(&user)
+            .await
+            .map(|closed| json!({ "closed": closed }))
+    })
+    .await
+}
+
+/// Ask the running instance of a room (`404` if none runs here, `503` if it does not answer
+/// within [`ANSWER_WITHIN`]).
+async fn ask_room<F, Fut>(m: &Monitor, party: &str, room: &str, ask: F) -> Response
+where
+    F: FnOnce(partyroom_room::RoomHandle) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, partyroom_room::RoomGone>>,
+{
+    let Some(handle) = m.rooms.live_room(party, room) else {
         return error(StatusCode::NOT_FOUND, "No such room running here");
     };
-    match tokio::time::timeout(ANSWER_WITHIN, handle.disconnect_user(&user)).await {
-        Ok(Ok(closed)) => no_store(json!({ "closed": closed })),
+    match tokio::time::timeout(ANSWER_WITHIN, ask(handle)).await {
+        Ok(Ok(body)) => no_store(body),
         Ok(Err(_)) => error(StatusCode::NOT_FOUND, "No such room running here"),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,

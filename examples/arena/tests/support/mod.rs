@@ -79,6 +79,12 @@ impl Drop for Arena {
 }
 
 pub async fn http_get(port: u16, path: &str) -> Value {
+    let (_, body) = http_get_text(port, path).await;
+    serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON body: {body}"))
+}
+
+/// `GET path` on `port` (HTTP/1.1, `Connection: close`): the status and the body.
+pub async fn http_get_text(port: u16, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -87,8 +93,13 @@ pub async fn http_get(port: u16, path: &str) -> Value {
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    let (_, body) = out.split_once("\r\n\r\n").unwrap();
-    serde_json::from_str(body).unwrap_or_else(|_| panic!("JSON body: {out}"))
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
 }
 
 type Ws =
