@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -104,10 +105,18 @@ impl Monitor {
             )
             .with_state(Arc::new(self))
     }
+}
 
-    fn allowed(&self, headers: &HeaderMap, query: Option<&str>) -> Result<(), Response> {
-        if (self.auth)(headers, query) {
-            Ok(())
+/// Proof that a request carries the operator's credential: an extractor, so every handler
+/// that takes it refuses the others with `401` before it runs.
+struct Operator;
+
+impl FromRequestParts<Arc<Monitor>> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, m: &Arc<Monitor>) -> Result<Self, Response> {
+        if (m.auth)(&parts.headers, parts.uri.query()) {
+            Ok(Operator)
         } else {
             Err(error(
                 StatusCode::UNAUTHORIZED,
@@ -117,42 +126,26 @@ impl Monitor {
     }
 }
 
+/// `response`, never cached (what the monitor shows is live and private).
+fn no_store(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, "no-store".parse().expect("static"));
+    r
+}
+
 fn error(status: StatusCode, message: &str) -> Response {
-    let mut r = (status, axum::Json(json!({ "error": message }))).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, "no-store".parse().expect("static"));
-    r
+    no_store((status, axum::Json(json!({ "error": message }))).into_response())
 }
 
-fn no_store(body: serde_json::Value) -> Response {
-    let mut r = axum::Json(body).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, "no-store".parse().expect("static"));
-    r
+fn json_body(body: serde_json::Value) -> Response {
+    no_store(axum::Json(body).into_response())
 }
 
-async fn page(
-    State(m): State<Arc<Monitor>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    if let Err(r) = m.allowed(&headers, query.as_deref()) {
-        return r;
-    }
-    let mut r = Html(PAGE).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, "no-store".parse().expect("static"));
-    r
+async fn page(_: Operator) -> Response {
+    no_store(Html(PAGE).into_response())
 }
 
-async fn list(
-    State(m): State<Arc<Monitor>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    if let Err(r) = m.allowed(&headers, query.as_deref()) {
-        return r;
-    }
+async fn list(_: Operator, State(m): State<Arc<Monitor>>) -> Response {
     let live = m.rooms.running();
     let truncated = live.len() > MAX_LISTED;
     let asked = live.into_iter().take(MAX_LISTED).map(|(party, room, handle)| async move {
@@ -172,18 +165,14 @@ async fn list(
         .into_iter()
         .flatten()
         .collect();
-    no_store(json!({ "rooms": rooms, "truncated": truncated }))
+    json_body(json!({ "rooms": rooms, "truncated": truncated }))
 }
 
 async fn inspect(
+    _: Operator,
     State(m): State<Arc<Monitor>>,
     Path((party, room)): Path<(String, String)>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
 ) -> Response {
-    if let Err(r) = m.allowed(&headers, query.as_deref()) {
-        return r;
-    }
     ask_room(&m, &party, &room, |h| async move {
         h.inspect().await.map(|i| json!(i))
     })
@@ -191,14 +180,10 @@ async fn inspect(
 }
 
 async fn disconnect(
+    _: Operator,
     State(m): State<Arc<Monitor>>,
     Path((party, room, user)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
 ) -> Response {
-    if let Err(r) = m.allowed(&headers, query.as_deref()) {
-        return r;
-    }
     ask_room(&m, &party, &room, |h| async move {
         h.disconnect_user(&user)
             .await
@@ -218,7 +203,7 @@ where
         return error(StatusCode::NOT_FOUND, "No such room running here");
     };
     match tokio::time::timeout(ANSWER_WITHIN, ask(handle)).await {
-        Ok(Ok(body)) => no_store(body),
+        Ok(Ok(body)) => json_body(body),
         Ok(Err(_)) => error(StatusCode::NOT_FOUND, "No such room running here"),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
