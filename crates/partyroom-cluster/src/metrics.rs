@@ -3,7 +3,7 @@
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
-//! | `partyroom_cluster_leases_held` | gauge | | leases this node holds (rooms it owns) |
+//! | `partyroom_cluster_leases_held` | gauge | | leases this node holds (rooms it owns), as of the last renewal tick (every TTL/3) |
 //! | `partyroom_cluster_lease_claims_total` | counter | | rooms claimed by this node |
 //! | `partyroom_cluster_leases_released_total` | counter | | leases released after their room unloaded or at drain |
 //! | `partyroom_cluster_leases_lost_total` | counter | `why` | leases lost: `not renewed in time`, `lease taken over` |

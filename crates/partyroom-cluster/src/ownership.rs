@@ -109,14 +109,10 @@ impl Inner {
     /// Forget a lease that is over and stop the room's instance here (no save: it may have
     /// another owner already).
     pub(crate) async fn lost(&self, room: &RoomKey, why: &str) {
-        let (had, held) = {
-            let mut all = self.lock_held();
-            (all.remove(room).is_some(), all.len())
-        };
+        let had = self.lock_held().remove(room).is_some();
         if had {
             tracing::warn!(party = %room.party, room = %room.room, why, "lease lost; room dropped");
             metrics::counter!(LEASES_LOST, "why" => why.to_owned()).increment(1);
-            metrics::gauge!(LEASES_HELD).set(held as f64);
         }
         if let Some(rooms) = self.rooms() {
             rooms.evict(&room.party, &room.room).await;
@@ -391,8 +387,9 @@ impl Cluster {
         )
         .await
         .unwrap_or_default();
-        let failed = held.len() - released.iter().filter(|r| r.is_ok()).count();
-        metrics::counter!(LEASES_RELEASED).increment((held.len() - failed) as u64);
+        let ok = released.iter().filter(|r| r.is_ok()).count();
+        let failed = held.len() - ok;
+        metrics::counter!(LEASES_RELEASED).increment(ok as u64);
         metrics::gauge!(LEASES_HELD).set(0.0);
         match tokio::time::timeout(ttl, self.inner.members.leave(&self.inner.config.node_id)).await
         {
@@ -400,7 +397,7 @@ impl Cluster {
             Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster failed"),
             Err(_) => tracing::warn!("leaving the cluster timed out"),
         }
-        tracing::info!(released = held.len() - failed, failed, "left the cluster");
+        tracing::info!(released = ok, failed, "left the cluster");
         // Break the cycle rooms → placement → rooms.
         self.inner
             .rooms

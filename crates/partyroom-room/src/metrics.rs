@@ -137,8 +137,8 @@ impl StopReason {
     }
 }
 
-/// One room instance's metric handles.
-#[derive(Clone)]
+/// One room instance's metric handles (not `Clone`: it owns the instance's entry in the
+/// published counts).
 pub(crate) struct RoomMetrics {
     party: String,
     loaded: Gauge,
@@ -252,6 +252,16 @@ impl LocalCounts {
         bump(&self.messages, 1);
         bump(&self.message_bytes, bytes as u64);
         bump(&self.actions[outcome as usize], 1);
+    }
+
+    /// Client messages handled so far.
+    pub(crate) fn messages(&self) -> u64 {
+        self.messages.load(Relaxed)
+    }
+
+    /// Frames queued for clients so far.
+    pub(crate) fn frames_sent(&self) -> u64 {
+        self.frames.load(Relaxed)
     }
 
     /// `frames` frames of `bytes` bytes in all queued for clients.

@@ -25,6 +25,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use partyroom_room::CloseFrame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -32,6 +33,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 
 use crate::http_client::BaseUrl;
+use crate::outbox::close_payload;
 use crate::relay::{HeaderPolicy, relayed};
 
 /// Largest refusal body taken from the owner.
@@ -192,14 +194,16 @@ enum End {
     Shutdown,
 }
 
+/// Write all of `bytes` to the side that a failure names (`failed`), within `timeout`.
 async fn write(
     to: &mut (impl AsyncWrite + Unpin),
     bytes: &[u8],
     timeout: Duration,
+    failed: End,
 ) -> Result<(), End> {
     match tokio::time::timeout(timeout, to.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::Client),
+        Ok(Err(_)) => Err(failed),
         Err(_) => Err(End::Stuck),
     }
 }
@@ -224,13 +228,11 @@ async fn pump<
     let mut up_buf = vec![0u8; CHUNK];
     let end = async {
         if !upstream_sent.is_empty() {
-            write(&mut cw, &upstream_sent, write_timeout).await?;
+            write(&mut cw, &upstream_sent, write_timeout, End::Client).await?;
             down.feed(&upstream_sent);
         }
         if !client_sent.is_empty() {
-            write(&mut uw, &client_sent, write_timeout)
-                .await
-                .map_err(|_| End::Upstream)?;
+            write(&mut uw, &client_sent, write_timeout, End::Upstream).await?;
             up.feed(&client_sent);
         }
         // Reads are cancel-safe; each write runs to its end (or its timeout) before the next
@@ -241,14 +243,12 @@ async fn pump<
                 () = shutdown.cancelled() => return Err::<std::convert::Infallible, End>(End::Shutdown),
                 r = ur.read(&mut down_buf) => {
                     let n = match r { Ok(0) | Err(_) => return Err(End::Upstream), Ok(n) => n };
-                    write(&mut cw, &down_buf[..n], write_timeout).await?;
+                    write(&mut cw, &down_buf[..n], write_timeout, End::Client).await?;
                     down.feed(&down_buf[..n]);
                 }
                 r = cr.read(&mut up_buf) => {
                     let n = match r { Ok(0) | Err(_) => return Err(End::Client), Ok(n) => n };
-                    write(&mut uw, &up_buf[..n], write_timeout)
-                        .await
-                        .map_err(|e| if e == End::Stuck { End::Stuck } else { End::Upstream })?;
+                    write(&mut uw, &up_buf[..n], write_timeout, End::Upstream).await?;
                     up.feed(&up_buf[..n]);
                 }
             }
@@ -320,14 +320,17 @@ async fn finish_frame(
     true
 }
 
-/// A close frame from the server side (unmasked) with `code` and `reason`.
+/// A close frame from the server side (unmasked) with `code` and `reason`; the payload is
+/// the server's own ([`close_payload`], at most 125 bytes, so one length byte).
 fn server_close(code: u16, reason: &str) -> Vec<u8> {
-    let reason = &reason.as_bytes()[..reason.len().min(123)];
-    let mut frame = Vec::with_capacity(4 + reason.len());
+    let payload = close_payload(&CloseFrame {
+        code,
+        reason: reason.into(),
+    });
+    let mut frame = Vec::with_capacity(2 + payload.len());
     frame.push(0x88);
-    frame.push(2 + reason.len() as u8);
-    frame.extend_from_slice(&code.to_be_bytes());
-    frame.extend_from_slice(reason);
+    frame.push(payload.len() as u8);
+    frame.extend_from_slice(&payload);
     frame
 }
 
@@ -609,21 +612,36 @@ mod tests {
         );
     }
 
-    /// A client that stops reading while the owner keeps sending: the relay gives up after
-    /// the write timeout and closes the owner's socket, instead of buffering or hanging.
-    #[tokio::test]
-    async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
-        let (_client_side, relay_client) = tokio::io::duplex(4096);
-        let (mut upstream_side, relay_up) = tokio::io::duplex(4096);
-        let started = std::time::Instant::now();
+    /// The relay between two in-memory pipes of `capacity` bytes: the client's end, the
+    /// owner's end, and the relay's task.
+    fn pump_between_pipes(
+        capacity: usize,
+        write_timeout: Duration,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (client_side, relay_client) = tokio::io::duplex(capacity);
+        let (upstream_side, relay_up) = tokio::io::duplex(capacity);
         let relay = tokio::spawn(pump(
             relay_client,
             Bytes::new(),
             relay_up,
             Bytes::new(),
             CancellationToken::new(),
-            Duration::from_millis(200),
+            write_timeout,
         ));
+        (client_side, upstream_side, relay)
+    }
+
+    /// A client that stops reading while the owner keeps sending: the relay gives up after
+    /// the write timeout and closes the owner's socket, instead of buffering or hanging.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+        let started = std::time::Instant::now();
+        let (_client_side, mut upstream_side, relay) =
+            pump_between_pipes(4096, Duration::from_millis(200));
         // The owner floods text frames; the client side is never read.
         let flood = tokio::spawn(async move {
             let f = frame(1, 1000, false);
@@ -654,18 +672,9 @@ mod tests {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
 
-        // The "upstream" end of a socket pair that drops right away.
-        let (client_side, relay_client) = tokio::io::duplex(1024);
-        let (upstream_side, relay_up) = tokio::io::duplex(1024);
+        // The owner's end drops right away.
+        let (client_side, upstream_side, relay) = pump_between_pipes(1024, Duration::from_secs(5));
         drop(upstream_side);
-        let relay = tokio::spawn(pump(
-            relay_client,
-            Bytes::new(),
-            relay_up,
-            Bytes::new(),
-            CancellationToken::new(),
-            Duration::from_secs(5),
-        ));
         let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
             client_side,
             tokio_tungstenite::tungstenite::protocol::Role::Client,

@@ -69,10 +69,6 @@ pub fn bearer_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> 
         .map(|(_, v)| v.into_owned())
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Monitor {
     /// A monitor whose credential is `token` (as `Authorization: Bearer` or `?token=`). An
     /// empty token refuses everyone.
@@ -83,7 +79,7 @@ impl Monitor {
             Arc::new(move |headers, query| {
                 !token.is_empty()
                     && bearer_token(headers, query)
-                        .is_some_and(|t| same(t.as_bytes(), token.as_bytes()))
+                        .is_some_and(|t| crate::constant_time_eq(t.as_bytes(), token.as_bytes()))
             }),
         )
     }

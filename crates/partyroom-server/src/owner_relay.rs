@@ -107,9 +107,20 @@ pub(crate) async fn relay_to_owner(
     if websocket && path.rest != "/" {
         return json_error(StatusCode::NOT_FOUND, "Not found");
     }
+    // A bad upgrade is refused here, before the owner is dialled. The upgrade handle goes
+    // back into the request if the room comes to be served here after all.
+    let mut handshake = None;
     let body = if websocket {
+        match Handshake::check(&mut parts) {
+            Ok(h) => handshake = Some(h),
+            Err(e) => {
+                shared.metrics.refused(Refusal::Handshake);
+                return handshake_refusal(e);
+            }
+        }
         bytes::Bytes::new()
     } else {
+        shared.metrics.relayed_requests.increment(1);
         match read_body(&parts.headers, body, &shared.config).await {
             Ok(b) => b,
             Err(refusal) => return refusal,
@@ -150,10 +161,7 @@ pub(crate) async fn relay_to_owner(
             .await
             {
                 RawUpstream::Open(upstream, sent) => {
-                    let handshake = match Handshake::check(&mut parts) {
-                        Ok(h) => h,
-                        Err(e) => return handshake_refusal(e),
-                    };
+                    let handshake = handshake.take().expect("checked before the loop");
                     let permit = parts
                         .extensions
                         .get::<ConnPermit>()
@@ -181,7 +189,6 @@ pub(crate) async fn relay_to_owner(
                 }
             }
         } else {
-            shared.metrics.relayed_requests.increment(1);
             match relay::relay_http(
                 &limits,
                 &parts,
@@ -210,6 +217,9 @@ pub(crate) async fn relay_to_owner(
         tokio::time::sleep(RETRY_EVERY).await;
         match locate(&shared, &path, false).await {
             Ok(Located::Here(room)) => {
+                if let Some(h) = handshake.take() {
+                    parts.extensions.insert(h.on_upgrade);
+                }
                 let request = Request::from_parts(parts, Body::from(body));
                 return serve_here(shared, room, path, request).await;
             }

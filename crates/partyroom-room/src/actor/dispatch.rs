@@ -23,7 +23,6 @@ impl<R: Room> RoomActor<R> {
             let window = self.sync.windows();
             self.held_reads.consider(conn, window, &*self.clock);
         }
-        self.counts.messages += 1;
         // `user{user, conn}` on what the message causes (a disabled level costs one check).
         let span = if tracing::enabled!(tracing::Level::DEBUG)
             && let Some(conn) = self.conns.get(&conn_id)

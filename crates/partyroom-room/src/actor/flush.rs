@@ -53,9 +53,8 @@ impl<R: Room> RoomActor<R> {
         self.unflushed = false;
         // One flush in FLUSH_SAMPLE_EVERY is timed: a clock read and a histogram sample cost
         // as much as a small flush.
-        self.counts.flushes = self.counts.flushes.wrapping_add(1);
+        self.flushes = self.flushes.wrapping_add(1);
         let started = self
-            .counts
             .flushes
             .is_multiple_of(FLUSH_SAMPLE_EVERY)
             .then(std::time::Instant::now);
@@ -207,7 +206,6 @@ impl<R: Room> RoomActor<R> {
                 }
             }
         }
-        self.counts.frames += frames;
         self.metrics.local.frames(frames, bytes);
     }
 }

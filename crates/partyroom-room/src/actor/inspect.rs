@@ -11,7 +11,7 @@ use crate::room::Room;
 
 impl<R: Room> RoomActor<R> {
     pub(super) fn stats(&self) -> RoomStats {
-        let state_bytes = serde_json::to_vec(&self.tracker.sync_snapshot()).map_or(0, |v| v.len());
+        let state_bytes = json_len(&self.tracker.sync_snapshot());
         let users: HashSet<&str> = self
             .conns
             .values()
@@ -21,8 +21,8 @@ impl<R: Room> RoomActor<R> {
             connections: self.conns.len(),
             users: users.len(),
             sessions: self.sessions.len(),
-            messages: self.counts.messages,
-            frames_sent: self.counts.frames,
+            messages: self.metrics.local.messages(),
+            frames_sent: self.metrics.local.frames_sent(),
             state_bytes,
         }
     }
@@ -71,4 +71,22 @@ impl<R: Room> RoomActor<R> {
         }
         ids.len()
     }
+}
+
+/// The length of `value` as JSON, counted without building the text.
+fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, nor can serializing a `Value`.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }

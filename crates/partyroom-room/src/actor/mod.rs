@@ -120,18 +120,7 @@ pub(crate) struct RoomActor<R: Room> {
     parked: ParkedConnects,
     /// This instance's metric handles.
     metrics: RoomMetrics,
-    /// This instance's own counts (the monitor's).
-    counts: InstanceCounts,
-}
-
-/// What an instance has done since it started.
-#[derive(Debug, Default, Clone, Copy)]
-struct InstanceCounts {
-    /// Client messages handled.
-    messages: u64,
-    /// Frames queued for clients.
-    frames: u64,
-    /// Flushes (to time one in so many).
+    /// Flushes since the instance started (to time one in so many).
     flushes: u64,
 }
 
@@ -164,7 +153,7 @@ impl<R: Room> RoomActor<R> {
         persist.set_metrics(metrics.storage.clone());
         Self {
             metrics,
-            counts: InstanceCounts::default(),
+            flushes: 0,
             persist,
             idle_since: Some(clock.now()),
             parked: ParkedConnects::default(),

@@ -231,13 +231,7 @@ impl Rooms {
 
     /// Whether a live instance of the room runs here.
     pub fn is_live(&self, party: &str, room_id: &str) -> bool {
-        self.parties.get(party).is_some_and(|p| {
-            p.live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(room_id)
-                .is_some_and(|h| !h.is_closed())
-        })
+        self.live_room(party, room_id).is_some()
     }
 
     /// Stop serving a room at once, without saving: its clients are closed with 1012
@@ -245,14 +239,7 @@ impl Rooms {
     /// (to its new owner), and it never writes again. For a node that lost the room's lease.
     /// Returns whether a live instance was told to stop.
     pub async fn evict(&self, party: &str, room_id: &str) -> bool {
-        let handle = self.parties.get(party).and_then(|p| {
-            p.live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(room_id)
-                .cloned()
-        });
-        match handle {
+        match self.live_room(party, room_id) {
             Some(h) => h.tx.send(RoomMsg::Evict).await.is_ok(),
             None => false,
         }
