@@ -133,6 +133,12 @@ test('the monitor shows live rooms, a room inspector, and disconnects a user', {
       await new Promise((r) => setTimeout(r, 100));
     }
     t.diagnostic(`Bob (connection ${before}) disconnected by the monitor`);
+    // A user nobody is connected as: nothing to close, nothing else touched.
+    const nobody = await api(`/rooms/main/${room}/users/nobody/disconnect`, { method: 'POST' });
+    assert.equal(nobody.status, 200);
+    assert.equal((await nobody.json()).closed, 0);
+    const stillAlice = (await (await api(`/rooms/main/${room}`)).json()).connections.some((c) => c.user === alice.id);
+    assert.ok(stillAlice, 'Alice is still connected');
     assert.deepEqual(errors, [], 'no script errors on the monitor page');
   } finally {
     await monitorContext.close();
